@@ -9,8 +9,9 @@ The published ``qwen_image_vae.safetensors`` uses the original Wan2.1 key names 
 ``decoder.upsamples.N``, ``middle.K.residual.J``, ``head.2``, top-level ``conv1``/``conv2``). diffusers'
 ``convert_wan_vae_to_diffusers`` renames them correctly for the published config, but hard-codes the decoder
 layout of that config (3 resnets + 1 upsampler per level, the one shortcut at ``upsamples.4``), so it
-mis-names keys of a VAE with another num_res_blocks or other decoder shortcuts (e.g. our tiny twins). The two functions below derive the same renames from the config instead;
-a test checks they agree with diffusers on the published config.
+mis-names keys of a VAE with another num_res_blocks or other decoder shortcuts (e.g. our tiny twins).
+``wan_to_diffusers_key`` / ``diffusers_to_wan_key`` derive the same renames from the config instead; a test
+checks that they pair every key exactly as diffusers does on the published config.
 """
 
 from __future__ import annotations
