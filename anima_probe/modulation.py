@@ -1,0 +1,444 @@
+"""The two families of modulation source, their file formats, Eq. 3 and per-block weight schedules.
+
+Answers: "given a pooled text vector, what vector does modulation guidance add, to which blocks, on which CFG row?"
+for both Anima ports, without touching the model (hooks live elsewhere). Facts: MOD_GUIDANCE.md §1.3, §2.
+
+(a) sorryhyun's ``pooled_text_proj`` (self-distilled on Anima): max-pooled ``crossattn_emb`` (B, 1024) ->
+    ``Linear -> SiLU -> Linear`` -> (B, D), added to the output of ``t_embedding_norm``. bf16 safetensors with keys
+    ``0.weight, 0.bias, 2.weight, 2.bias`` (+ optional ``sigma_film.*``).
+(b) The paper's official Cosmos adapter (``cosmos-pooled``, used by Anzhc's node): CLIP-L pooler output (B, 768)
+    -> PixArt-alpha text projection -> m (B, 3D); block i adds ``scales[i] * m`` to the AdaLN-LoRA vector.
+(c) Block schedules w(i) ("dynamic guidance"); the ports disagree on whether ``end`` is inclusive.
+(d) Eq. 3, ``y + w * (y(p+) - y(p-))``, and the CFG-row policies the ports differ on.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import math
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+TEXT_DIM = 1024  # Anima's crossattn_emb width (post-LLMAdapter)
+CLIP_DIM = 768  # CLIP-L pooler_output
+REFERENCE_BLOCKS = 28  # Anima / Cosmos-Predict2-2B depth, which the named profiles are written for
+POOLED_TEXT_PROJ_FORMAT = "pooled_text_proj"
+COSMOS_ADAPTER_FORMAT = "cosmos_pooled_adapter"
+FORMAT_VERSION = "1"
+_META_FORMAT, _META_VERSION = "anima_probe.format", "anima_probe.format_version"
+
+
+class ModulationFileError(ValueError):
+    """A modulation-source file that is missing keys, has wrong shapes, or is not in the expected format."""
+
+
+def _check_layout(found: Mapping[str, tuple], expected: Mapping[str, tuple], path, what: str) -> None:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing:
+        raise ModulationFileError(f"{path}: {what} is missing key {missing[0]!r} (all missing: {missing})")
+    if extra:
+        raise ModulationFileError(f"{path}: {what} has unexpected key {extra[0]!r} (all unexpected: {extra})")
+    for key, shape in expected.items():
+        if tuple(found[key]) != tuple(shape):
+            raise ModulationFileError(f"{path}: {what} key {key!r} has shape {tuple(found[key])}, expected {shape}")
+
+
+def _check_finite(tensors: Mapping[str, torch.Tensor], path) -> None:
+    for key, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise ModulationFileError(f"{path}: key {key!r} holds non-finite values")
+
+
+def _read_safetensors(path: Path, fmt: str) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises several types for a corrupt header
+        raise ModulationFileError(f"{path}: not a readable safetensors file ({e})") from e
+    # files written elsewhere (the community's) carry no metadata: only a contradicting tag is an error
+    if meta.get(_META_FORMAT, fmt) != fmt:
+        raise ModulationFileError(f"{path}: metadata says format {meta[_META_FORMAT]!r}, expected {fmt!r}")
+    return tensors
+
+
+def _existing(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path
+
+
+# ------------------------------------------------------------------------------- (a) pooled_text_proj
+class PooledTextProjection(nn.Module):
+    """sorryhyun's mod head: ``Linear(text_dim, D) -> SiLU -> Linear(D, D)``, output Linear zero-initialised.
+
+    Submodules are registered as ``0``, ``1``, ``2`` so ``state_dict()`` keys are exactly the community file's.
+    Optional sigma-FiLM (``sigma_film = Linear(D, 2D)``, zero-init = identity): with ``h = Linear_0(pooled)``,
+    ``(scale, shift) = sigma_film(t_emb).chunk(2)`` and ``h <- h * (1 + scale) + shift`` *before* the SiLU, where
+    ``t_emb`` is the ``t_embedding_norm`` output. This follows the docstring of sorryhyun's ``project_pooled``
+    (mod_guidance_core.py); the training write-ups only say "FiLM on the hidden", and the author reports the
+    FiLM head inert, so treat it as a format to load rather than a studied mechanism.
+    """
+
+    def __init__(self, model_channels: int, text_dim: int = TEXT_DIM, sigma_film: bool = False):
+        super().__init__()
+        self.model_channels, self.text_dim = model_channels, text_dim
+        self.add_module("0", nn.Linear(text_dim, model_channels))
+        self.add_module("1", nn.SiLU())
+        self.add_module("2", nn.Linear(model_channels, model_channels))
+        nn.init.zeros_(self.linear_in.bias)  # as the community trainer: kaiming weight, zero bias
+        nn.init.zeros_(self.linear_out.weight)  # zero output: a no-op until trained
+        nn.init.zeros_(self.linear_out.bias)
+        self.sigma_film: nn.Linear | None = None
+        if sigma_film:
+            self.sigma_film = nn.Linear(model_channels, 2 * model_channels)
+            nn.init.zeros_(self.sigma_film.weight)
+            nn.init.zeros_(self.sigma_film.bias)
+
+    @property
+    def linear_in(self) -> nn.Linear:
+        return getattr(self, "0")
+
+    @property
+    def linear_out(self) -> nn.Linear:
+        return getattr(self, "2")
+
+    def forward(self, pooled: torch.Tensor, t_emb: torch.Tensor | None = None, *, sigma_flat: bool = False):
+        """pooled (B, text_dim) [+ t_emb (B, D) when FiLM is armed] -> (B, D) in the weights' dtype.
+
+        ``sigma_flat=True`` skips an armed FiLM (what the community inference bake does without a t_emb).
+        """
+        if pooled.shape[-1] != self.text_dim:
+            raise ValueError(f"pooled_text_proj expects (B, {self.text_dim}), got {tuple(pooled.shape)}")
+        w = self.linear_in.weight
+        h = self.linear_in(pooled.to(w.dtype))  # (B, D)
+        if self.sigma_film is not None and not sigma_flat:
+            if t_emb is None:
+                raise ValueError("pooled_text_proj has sigma_film armed: pass t_emb (B, D), or sigma_flat=True")
+            if t_emb.shape[-1] != self.model_channels:
+                raise ValueError(f"t_emb must end in D={self.model_channels}, got {tuple(t_emb.shape)}")
+            scale, shift = self.sigma_film(t_emb.to(w.dtype)).chunk(2, dim=-1)  # (B, D) each
+            h = h * (1 + scale) + shift
+        return self.linear_out(getattr(self, "1")(h))  # (B, D)
+
+
+def save_pooled_text_proj(module: PooledTextProjection, path) -> Path:
+    """Write the community format: bf16 safetensors, keys ``0.*``, ``2.*`` (+ ``sigma_film.*``), plus metadata."""
+    tensors = {k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in module.state_dict().items()}
+    meta = {_META_FORMAT: POOLED_TEXT_PROJ_FORMAT, _META_VERSION: FORMAT_VERSION,
+            "model_channels": str(module.model_channels), "text_dim": str(module.text_dim),
+            "sigma_film": str(module.sigma_film is not None).lower()}
+    path = Path(path)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def pooled_text_proj_layout(model_channels: int, text_dim: int = TEXT_DIM, sigma_film: bool = False):
+    d = model_channels
+    layout = {"0.weight": (d, text_dim), "0.bias": (d,), "2.weight": (d, d), "2.bias": (d,)}
+    if sigma_film:
+        layout |= {"sigma_film.weight": (2 * d, d), "sigma_film.bias": (2 * d,)}
+    return layout
+
+
+def load_pooled_text_proj(path, model_channels: int | None = None) -> PooledTextProjection:
+    """Read a ``pooled_text_proj`` safetensors file into an fp32 module; ``sigma_film.*`` keys arm the FiLM.
+
+    Validates every key and shape (errors name the file and key) and, when given, ``0.weight.shape[0] ==
+    model_channels`` as the community loader does.
+    """
+    path = _existing(path)
+    if path.suffix != ".safetensors":
+        raise ModulationFileError(f"{path}: pooled_text_proj files are .safetensors, got {path.suffix!r}")
+    tensors = _read_safetensors(path, POOLED_TEXT_PROJ_FORMAT)
+    first = tensors.get("0.weight")
+    if first is None or first.ndim != 2:
+        got = None if first is None else tuple(first.shape)
+        raise ModulationFileError(f"{path}: pooled_text_proj needs key '0.weight' of shape (D, text_dim), got {got}")
+    d, text_dim = first.shape
+    if model_channels is not None and d != model_channels:
+        raise ModulationFileError(f"{path}: key '0.weight' has D={d} rows but the model has "
+                                  f"model_channels={model_channels}")
+    film = any(k.startswith("sigma_film.") for k in tensors)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    _check_layout(shapes, pooled_text_proj_layout(d, text_dim, film), path, "pooled_text_proj")
+    _check_finite(tensors, path)
+    module = PooledTextProjection(d, text_dim, sigma_film=film)
+    module.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return module
+
+
+# ------------------------------------------------------------------------------- (b) official Cosmos adapter
+class _TextProjection(nn.Module):
+    """PixArt-alpha's text projection with SiLU: ``linear_1 -> act_1 -> linear_2`` (the official key names)."""
+
+    def __init__(self, in_features: int, hidden: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, hidden)
+        self.act_1 = nn.SiLU()
+        self.linear_2 = nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act_1(self.linear_1(x)))
+
+
+class CosmosPooledAdapter(nn.Module):
+    """The paper's Section-5 pooled path for Cosmos: ``m = P(clip)`` (B, 3D); block i adds ``scales[i] * m``.
+
+    ``P`` keeps PyTorch's default init (as the official code); the zero-initialised per-block ``scales`` are
+    what make the path a no-op before training. ``3D`` is the AdaLN-LoRA width (shift/scale/gate, D each).
+    """
+
+    def __init__(self, model_channels: int = 2048, num_blocks: int = REFERENCE_BLOCKS, clip_dim: int = CLIP_DIM):
+        super().__init__()
+        self.model_channels, self.num_blocks, self.clip_dim = model_channels, num_blocks, clip_dim
+        self.text_embedder_clip = _TextProjection(clip_dim, 3 * model_channels)
+        self.scales = nn.Parameter(torch.zeros(num_blocks, 3 * model_channels))  # (N, 3D)
+
+    def project(self, pooled_clip: torch.Tensor) -> torch.Tensor:
+        """pooled_clip (B, clip_dim) -> m (B, 3D), in the weights' dtype."""
+        if pooled_clip.shape[-1] != self.clip_dim:
+            raise ValueError(f"cosmos adapter expects pooled CLIP (B, {self.clip_dim}), got {tuple(pooled_clip.shape)}")
+        return self.text_embedder_clip(pooled_clip.to(self.scales.dtype))  # (B, 3D)
+
+    def block_term(self, m: torch.Tensor, block_index: int) -> torch.Tensor:
+        """``scales[i] * m`` (B, 3D): what block i adds to the AdaLN-LoRA vector ``temb``."""
+        if not 0 <= block_index < self.num_blocks:
+            raise IndexError(f"block_index {block_index} out of range for {self.num_blocks} blocks")
+        return self.scales[block_index] * m  # (B, 3D)
+
+
+def cosmos_adapter_layout(model_channels: int, num_blocks: int, clip_dim: int = CLIP_DIM):
+    h = 3 * model_channels
+    return {"text_embedder_clip.linear_1.weight": (h, clip_dim), "text_embedder_clip.linear_1.bias": (h,),
+            "text_embedder_clip.linear_2.weight": (h, h), "text_embedder_clip.linear_2.bias": (h,),
+            "scales": (num_blocks, h)}
+
+
+def _read_torch_pickle(path: Path) -> dict:
+    try:  # weights_only: tensors and plain containers only, never arbitrary objects
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ModulationFileError(f"{path}: refused to unpickle (it holds more than tensors): {e}") from e
+    except Exception as e:
+        raise ModulationFileError(f"{path}: not a readable torch file ({e})") from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModulationFileError(f"{path}: expected a flat dict of tensors, got {type(obj).__name__}")
+    return obj
+
+
+def load_cosmos_pooled_adapter(path, model_channels: int | None = None,
+                               num_blocks: int | None = None) -> CosmosPooledAdapter:
+    """Read the official ``checkpoint_4000.pt`` layout (pickle via ``weights_only=True``) or safetensors.
+
+    D and the block count are inferred from ``linear_1.weight`` (3D, clip_dim) and ``scales`` (N, 3D); pass
+    ``model_channels`` / ``num_blocks`` to check them against the model.
+    """
+    path = _existing(path)
+    if path.suffix == ".safetensors":
+        tensors = _read_safetensors(path, COSMOS_ADAPTER_FORMAT)
+    elif path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        tensors = _read_torch_pickle(path)
+    else:
+        raise ModulationFileError(f"{path}: unknown adapter file type {path.suffix!r} (.pt or .safetensors)")
+    first, scales = tensors.get("text_embedder_clip.linear_1.weight"), tensors.get("scales")
+    for key, t in (("text_embedder_clip.linear_1.weight", first), ("scales", scales)):
+        if t is None or t.ndim != 2:
+            raise ModulationFileError(f"{path}: cosmos adapter needs a 2-D key {key!r}, "
+                                      f"got {None if t is None else tuple(t.shape)}")
+    h, clip_dim = first.shape
+    if h % 3:
+        raise ModulationFileError(f"{path}: key 'text_embedder_clip.linear_1.weight' has {h} rows, not 3*D")
+    d, n = h // 3, scales.shape[0]
+    for name, want, got in (("model_channels", model_channels, d), ("num_blocks", num_blocks, n)):
+        if want is not None and want != got:
+            raise ModulationFileError(f"{path}: adapter has {name}={got} but the model has {want}")
+    _check_layout({k: tuple(v.shape) for k, v in tensors.items()}, cosmos_adapter_layout(d, n, clip_dim), path,
+                  "cosmos adapter")
+    _check_finite(tensors, path)
+    module = CosmosPooledAdapter(d, n, clip_dim)
+    module.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return module
+
+
+def save_cosmos_pooled_adapter(module: CosmosPooledAdapter, path) -> Path:
+    """Same flat dict layout as the official file: ``.pt`` via ``torch.save`` of plain tensors, or safetensors."""
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    if path.suffix == ".safetensors":
+        meta = {_META_FORMAT: COSMOS_ADAPTER_FORMAT, _META_VERSION: FORMAT_VERSION}
+        save_file(tensors, str(path), metadata=meta)
+    elif path.suffix in (".pt", ".pth"):
+        torch.save(tensors, str(path))
+    else:
+        raise ModulationFileError(f"{path}: save as .pt or .safetensors, got {path.suffix!r}")
+    return path
+
+
+# ------------------------------------------------------------------------------- (c) per-block weights
+def block_weights(num_blocks: int, w: float, schedule: str = "uniform", start: int = 0, end: int | None = None,
+                  *, end_inclusive: bool | None = None) -> torch.Tensor:
+    """w(i) for i in 0..num_blocks-1 (float32): ``uniform`` every block; ``step`` blocks >= start (the paper's
+    step function); ``interval`` blocks start..end. Negative indices count from the end, Python style.
+
+    ``interval`` needs ``end_inclusive`` spelled out (Anzhc: inclusive, sorryhyun: exclusive); an ``end`` past the
+    last block is clipped (the official code uses 1000 to mean "all").
+    """
+    if num_blocks < 1:
+        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+    first = start + num_blocks if start < 0 else start
+    if not 0 <= first < num_blocks:
+        raise ValueError(f"start={start} is outside blocks 0..{num_blocks - 1}")
+    if schedule == "uniform":
+        if start != 0 or end is not None:
+            raise ValueError("schedule 'uniform' touches every block; use 'step' or 'interval' with start/end")
+        stop = num_blocks
+    elif schedule == "step":
+        if end is not None:
+            raise ValueError("schedule 'step' runs to the last block; use 'interval' to give an end")
+        stop = num_blocks
+    elif schedule == "interval":
+        if end is None or end_inclusive is None:
+            raise ValueError("schedule 'interval' needs end= and end_inclusive= (Anzhc's end is inclusive, "
+                             "sorryhyun's exclusive); or use from_anzhc / from_sorryhyun")
+        last = end + num_blocks if end < 0 else end
+        stop = min(last + 1 if end_inclusive else last, num_blocks)
+        if stop <= first:
+            raise ValueError(f"interval start={start} end={end} (inclusive={end_inclusive}) touches no block")
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; choose from 'uniform', 'step', 'interval'")
+    weights = torch.zeros(num_blocks)  # (N,)
+    weights[first:stop] = w
+    return weights
+
+
+def from_anzhc(w: float = 3.0, start_layer: int = 0, end_layer: int = -1, *, num_blocks: int) -> torch.Tensor:
+    """Anzhc's node: blocks ``start_layer..end_layer`` INCLUSIVE; ``end_layer=-1`` is the last block."""
+    return block_weights(num_blocks, w, "interval", start_layer, end_layer, end_inclusive=True)
+
+
+def from_sorryhyun(w: float = 3.0, start: int = 8, end: int | None = 27, *, num_blocks: int) -> torch.Tensor:
+    """sorryhyun's ``build_block_schedule`` without taper: blocks ``[start, end)`` EXCLUSIVE; ``end=None`` = all."""
+    if end is None:
+        return block_weights(num_blocks, w, "step", start)
+    return block_weights(num_blocks, w, "interval", start, end, end_inclusive=False)
+
+
+@dataclass(frozen=True)
+class BlockProfile:
+    """A named w(i) on the 28-block reference model: w on blocks ``[start, end)`` (``end=None``: to the last)."""
+
+    w: float
+    start: int
+    end: int | None
+    note: str
+
+    def weights(self, w: float | None = None) -> torch.Tensor:
+        return from_sorryhyun(self.w if w is None else w, self.start, self.end, num_blocks=REFERENCE_BLOCKS)
+
+
+PROFILES: dict[str, BlockProfile] = {
+    "uniform": BlockProfile(3.0, 0, None, "every block; sorryhyun's legacy uniform_w3, 'prone to pink collapse'"),
+    "official-cosmos": BlockProfile(3.0, 0, None, "CosmosWithPooledCLIP defaults: w=3, start_layer=0, all blocks"),
+    "anzhc": BlockProfile(3.0, 0, 28, "AnimaModGuidance defaults: start 0, end_layer -1 inclusive (= block 27)"),
+    "sorryhyun": BlockProfile(3.0, 8, 27, "step_i8_skip27: blocks 8..26; protects blocks 0-7 and block 27"),
+    "sorryhyun-safe": BlockProfile(3.0, 14, None, "step_i14, for LoRAs that show anatomy drift"),
+}
+
+
+def profile(name: str, num_blocks: int, w: float | None = None) -> torch.Tensor:
+    """A named profile's w(i) for a model of depth ``num_blocks`` (``w`` overrides the profile's weight).
+
+    Depth mapping: block i of an N-block model takes the weight of reference block round(i * 27 / (N - 1)), so
+    first and last blocks map onto each other (sorryhyun's protected block 27 stays protected at any depth) and
+    N = 28 is the identity. E.g. N = 6 samples reference blocks 0, 5, 11, 16, 22, 27: 'sorryhyun' -> 0,0,w,w,w,0.
+    A 1-block model takes reference block 0's weight.
+    """
+    if name not in PROFILES:
+        close = difflib.get_close_matches(name, PROFILES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown profile {name!r}{hint} Known: {sorted(PROFILES)}")
+    if num_blocks < 1:
+        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+    ref = PROFILES[name].weights(w)  # (28,)
+    if num_blocks == 1:
+        return ref[:1].clone()
+    idx = [math.floor(i * (REFERENCE_BLOCKS - 1) / (num_blocks - 1) + 0.5) for i in range(num_blocks)]
+    return ref[idx]  # (N,)
+
+
+# ------------------------------------------------------------------------------- (d) Eq. 3 and CFG rows
+def guided_vector(base: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, w) -> torch.Tensor:
+    """Eq. 3: ``y_hat = y(p) + w * (y(p+) - y(p-))``."""
+    return base + w * (pos - neg)
+
+
+def project_pooled(source: PooledTextProjection | CosmosPooledAdapter, pooled: torch.Tensor,
+                   t_emb: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply either family's projection: (B, 1024) -> (B, D) or (B, 768) -> (B, 3D)."""
+    if isinstance(source, CosmosPooledAdapter):
+        return source.project(pooled)
+    return source(pooled, t_emb)
+
+
+def guidance_delta(source: PooledTextProjection | CosmosPooledAdapter, pos_pooled: torch.Tensor,
+                   neg_pooled: torch.Tensor, t_emb: torch.Tensor | None = None) -> torch.Tensor:
+    """``P(p+) - P(p-)``, computed once per prompt pair and reused at every step and block.
+
+    (Only an armed sigma-FiLM head makes the delta step-dependent; it then needs this step's ``t_emb``.)
+    """
+    return project_pooled(source, pos_pooled, t_emb) - project_pooled(source, neg_pooled, t_emb)
+
+
+class CFGRowPolicy(str, enum.Enum):
+    """What the unconditional CFG row receives; this decides whether CFG amplifies the steering."""
+
+    BOTH = "both"
+    """Anzhc's node: the cond row's guided vector ``P(base) + w*delta`` on every row, uncond included. The
+    delta cancels in ``cond - uncond``, so CFG does not amplify it."""
+    COND_ONLY = "cond-only"
+    """Later Forge fix: cond row ``P(p) + w*delta``; uncond row its own base ``P(cfg negative)``, no delta.
+    CFG scales the delta with everything else in ``cond - uncond``."""
+    OFFICIAL = "official"
+    """Official Cosmos sampler: uncond row ``P("")`` (empty prompt), no delta. Same algebra as cond-only; the
+    difference is the prompt behind ``base_uncond`` (see ``uncond_base_prompt``)."""
+    PER_ROW_BASE = "per-row-base"
+    """sorryhyun's stack (facts §2.2): each row its own base (uncond: the CFG negative) plus the same
+    ``w*delta`` on both rows, so the delta reaches the output at about x1, not amplified by CFG."""
+
+
+def row_vectors(policy: CFGRowPolicy | str, base_cond: torch.Tensor, base_uncond: torch.Tensor | None,
+                delta: torch.Tensor, w) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond_vec, uncond_vec) for one block under ``policy`` (``w`` is that block's w(i))."""
+    try:
+        policy = CFGRowPolicy(policy)
+    except ValueError:
+        raise ValueError(f"unknown CFG row policy {policy!r}; choose from {[p.value for p in CFGRowPolicy]}") from None
+    cond = base_cond + w * delta
+    if policy is CFGRowPolicy.BOTH:
+        return cond, cond
+    if base_uncond is None:
+        raise ValueError(f"CFG row policy {policy.value!r} needs base_uncond")
+    if policy is CFGRowPolicy.PER_ROW_BASE:
+        return cond, base_uncond + w * delta
+    return cond, base_uncond
+
+
+def uncond_base_prompt(policy: CFGRowPolicy | str, cfg_negative_prompt: str) -> str | None:
+    """The prompt whose projection is ``base_uncond``: "" (official), the CFG negative, or None (unused: both)."""
+    policy = CFGRowPolicy(policy)
+    if policy is CFGRowPolicy.BOTH:
+        return None
+    return "" if policy is CFGRowPolicy.OFFICIAL else cfg_negative_prompt
