@@ -242,6 +242,17 @@ def _relpath(path: Path, base: Path) -> str:
     return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
 
 
+def _find_images(folder: Path) -> list[Path]:
+    """Image files under `folder`, sorted; hidden folders (.cache, .ipynb_checkpoints) are skipped."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
 def build_caption_set(
     folder: str | Path,
     artist_from: str = "subfolder",
@@ -262,15 +273,7 @@ def build_caption_set(
     folder, pattern = Path(folder), re.compile(tag_pattern)
     if pattern.groups < 1:
         raise ValueError(f"tag_pattern {tag_pattern!r} needs a capture group for the artist name")
-    images = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and p.is_file()
-        and not any(
-            part.startswith(".") for part in p.relative_to(folder).parts
-        )  # .cache, .ipynb_checkpoints
-    )
+    images = _find_images(folder)
     if not images:
         raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     base = Path(out).parent if out is not None else None

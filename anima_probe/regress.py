@@ -178,26 +178,31 @@ def update_baseline(
     higher_is_better entry. Baseline metrics absent from the run are kept unless drop_missing, because a
     metric that vanished is more often a bug than a decision.
     """
-    out = copy.deepcopy(validate_baseline(baseline))
-    out["version"] = str(record_version)
+    base = copy.deepcopy(validate_baseline(baseline))
+    metrics = base.pop("metrics")
     for key, value in record_metrics.items():
         if not math.isfinite(float(value)):
             raise ValueError(f"metric {key!r} is not finite ({value}); refusing to make it a baseline")
-        entry = out["metrics"].get(key)
-        if entry is None:
+        if key not in metrics:
             if higher_is_better is None or key not in higher_is_better:
                 raise ValueError(f"new metric {key!r} needs a higher_is_better entry")
-            entry = {
+            metrics[key] = {
                 "abs_tol": DEFAULT_ABS_TOL,
                 "rel_tol": DEFAULT_REL_TOL,
+                "higher_is_better": bool(higher_is_better[key]),
                 "tolerance_source": DEFAULT_SOURCE,
             }
-            entry["higher_is_better"] = bool(higher_is_better[key])
-            out["metrics"][key] = entry
-        entry["value"] = float(value)
+        metrics[key]["value"] = float(value)
     if drop_missing:
-        out["metrics"] = {k: e for k, e in out["metrics"].items() if k in record_metrics}
-    return validate_baseline(out)
+        metrics = {k: e for k, e in metrics.items() if k in record_metrics}
+    # Fixed key order so baseline diffs in review show only the numbers that moved.
+    ordered = {
+        k: {f: e[f] for f in _ENTRY_KEYS} | {f: v for f, v in e.items() if f not in _ENTRY_KEYS}
+        for k, e in metrics.items()
+    }
+    out = {"experiment": base.pop("experiment"), "version": str(record_version)}
+    base.pop("version")
+    return validate_baseline(out | {"metrics": ordered} | base)
 
 
 def _load_record(path: Path) -> ResultRecord | None:

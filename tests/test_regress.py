@@ -111,6 +111,14 @@ def test_update_keeps_tolerances_and_flags_new_defaults():
     assert new["metrics"]["nmi/eos"]["tolerance_source"] == DEFAULT_SOURCE
     assert new["metrics"]["nmi/eos"]["higher_is_better"] is True
     assert base["metrics"]["nmi/max_padded"]["value"] == 0.9  # the input is not mutated
+    assert list(new) == ["experiment", "version", "metrics"]  # stable order keeps baseline diffs small
+    assert list(new["metrics"]["nmi/eos"]) == [
+        "value",
+        "abs_tol",
+        "rel_tol",
+        "higher_is_better",
+        "tolerance_source",
+    ]
     dropped = update_baseline(base, {"nmi/max_padded": 0.8}, "2", drop_missing=True)
     assert set(dropped["metrics"]) == {"nmi/max_padded"}
 
