@@ -36,7 +36,7 @@ def shift_sigma(t: torch.Tensor | float, shift: float = DEFAULT_SHIFT) -> torch.
 
 
 def logit_normal_sigmas(n: int, generator: torch.Generator | None = None, mean: float = 0.0, std: float = 1.0,
-                        shift: float = 1.0) -> torch.Tensor:
+                        shift: float = 1.0, device: str | torch.device = "cpu") -> torch.Tensor:
     """Training noise levels as Anima's trainers draw them: sigmoid(N(mean, std)), optionally shifted."""
-    u = torch.randn(n, generator=generator) * std + mean  # (n,)
+    u = torch.randn(n, generator=generator, device=device) * std + mean  # (n,)
     return shift_sigma(torch.sigmoid(u), shift)

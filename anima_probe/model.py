@@ -8,6 +8,7 @@ RMSNorm eps is 1e-6, and the RoPE table is large enough for any image size users
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,30 +56,55 @@ class Anima:
         return len(self.transformer.transformer_blocks)
 
     def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, crossattn_emb: torch.Tensor) -> torch.Tensor:
-        """Flow velocity v ≈ noise − x0 for latents x_t (B, C, H, W) at sigma ∈ [0, 1] (fed as-is, not ×1000)."""
-        B, C, H, W = x_t.shape
-        p = self.dit_config.patch
-        if H % p or W % p:
-            raise ValueError(f"latent size {H}x{W} is not a multiple of the patch size {p}")
-        sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32).reshape(-1).expand(B)  # (B,)
-        x = x_t.to(self.dtype).unsqueeze(2)  # (B, C, 1, H, W): an image is a one-frame video
-        mask = x.new_zeros(B, 1, 1, H, W)  # padding-mask channel, all zeros for text-to-image
-        out = self.transformer(
-            hidden_states=torch.cat([x, mask], dim=1),  # (B, C+1, 1, H, W)
-            timestep=sigma.to(self.dtype),
-            encoder_hidden_states=crossattn_emb.to(self.dtype),  # (B, 512, text_dim)
-            return_dict=False,
-        )[0]
-        return out.squeeze(2)  # (B, C, H, W)
+        """Flow velocity v ≈ noise − x0 for latents x_t (B, C, H, W) at sigma ∈ [0, 1]."""
+        return dit_velocity(self.transformer, x_t, sigma, crossattn_emb)
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Model space -> RGB in [0, 1], (B, 3, H', W'). Pixel-space models (the toy world) have no VAE."""
+        from anima_probe.vae import decode
+
+        pixels = decode(self.vae, x0) if self.vae is not None else x0.float()  # [-1, 1]
+        return ((pixels + 1) / 2).clamp(0, 1)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] (B, 3, H, W) -> model space (normalised latents, or [-1, 1] pixels without a VAE)."""
+        from anima_probe.vae import encode
+
+        pixels = images.float() * 2 - 1
+        return encode(self.vae, pixels) if self.vae is not None else pixels
+
+
+def dit_velocity(transformer: CosmosTransformer3DModel, x_t: torch.Tensor, sigma, crossattn_emb: torch.Tensor):
+    """The one DiT call convention: sigma fed as the timestep (not ×1000), all-zero padding-mask channel, T = 1."""
+    B, C, H, W = x_t.shape
+    p = transformer.config.patch_size[1]
+    if H % p or W % p:
+        raise ValueError(f"latent size {H}x{W} is not a multiple of the patch size {p}")
+    dtype = transformer.patch_embed.proj.weight.dtype
+    sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32).reshape(-1).expand(B)  # (B,)
+    x = x_t.to(dtype).unsqueeze(2)  # (B, C, 1, H, W): an image is a one-frame video
+    mask = x.new_zeros(B, 1, 1, H, W)  # padding-mask channel, all zeros for text-to-image
+    out = transformer(
+        hidden_states=torch.cat([x, mask], dim=1),  # (B, C+1, 1, H, W)
+        timestep=sigma.to(dtype),
+        encoder_hidden_states=crossattn_emb.to(dtype),  # (B, 512, D_text)
+        return_dict=False,
+    )[0]
+    return out.squeeze(2)  # (B, C, H, W)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # DiT + adapter
 
 
-def build_transformer(c: DiTConfig) -> CosmosTransformer3DModel:
-    """An empty (meta) transformer for config `c`; weights are assigned at load time."""
-    with init_empty_weights(include_buffers=False):
+def _construct(meta: bool):
+    """Loading builds on `meta` (weights are assigned from the file, never allocated twice); training builds real."""
+    return init_empty_weights(include_buffers=False) if meta else contextlib.nullcontext()
+
+
+def build_transformer(c: DiTConfig, meta: bool = True) -> CosmosTransformer3DModel:
+    """A transformer for config `c`, empty (meta) unless asked otherwise."""
+    with _construct(meta):
         model = CosmosTransformer3DModel(
             in_channels=c.in_channels + 1,  # +1: the padding-mask channel we concatenate ourselves
             out_channels=c.out_channels,
@@ -105,8 +131,8 @@ def _fix_qk_norm_eps(model: CosmosTransformer3DModel) -> None:
             attn.norm_k.eps = QK_NORM_EPS
 
 
-def build_adapter(c: AdapterConfig) -> AnimaTextConditioner:
-    with init_empty_weights(include_buffers=False):
+def build_adapter(c: AdapterConfig, meta: bool = True) -> AnimaTextConditioner:
+    with _construct(meta):
         return AnimaTextConditioner(
             source_dim=c.source_dim,
             target_dim=c.model_dim,
