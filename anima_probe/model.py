@@ -188,21 +188,21 @@ def load_dit_file(path: Path, device="cpu", dtype=torch.float32):
 def load_dit_diffusers(folder: Path, device="cpu", dtype=torch.float32):
     """The diffusers-format layout of the Anima Diffusers repo: `transformer/` + `text_conditioner/`."""
     folder = Path(folder)
+    raw = CosmosTransformer3DModel.load_config(folder / "transformer", local_files_only=True)
+    override = {"max_size": ROPE_MAX_SIZE}
+    if raw.get("concat_padding_mask", True):
+        # The published config concatenates the mask channel inside diffusers (which needs torchvision); the weights
+        # already take in_channels+1 inputs, so declare them and let `dit_velocity` append the all-zero channel.
+        override.update(in_channels=raw["in_channels"] + 1, concat_padding_mask=False)
     transformer = CosmosTransformer3DModel.from_pretrained(folder / "transformer", torch_dtype=dtype,
-                                                           local_files_only=True)
+                                                           local_files_only=True, **override)
     adapter = AnimaTextConditioner.from_pretrained(folder / "text_conditioner", torch_dtype=dtype,
                                                    local_files_only=True)
     _fix_qk_norm_eps(transformer)
     cfg = transformer.config
-    if cfg.concat_padding_mask:
-        raise CheckpointError(
-            f"{folder / 'transformer'}: concat_padding_mask=True needs torchvision in diffusers; "
-            "anima-probe supplies the mask channel itself. Re-save with in_channels+1 and concat_padding_mask=False."
-        )
     if tuple(cfg.rope_scale) != ROPE_SCALE or cfg.extra_pos_embed_type is not None:
         raise CheckpointError(f"{folder / 'transformer'}: rope_scale {cfg.rope_scale} / extra_pos_embed_type "
                               f"{cfg.extra_pos_embed_type!r} are not Anima's ({ROPE_SCALE}, None)")
-    transformer.rope.max_size = [s // p for s, p in zip(ROPE_MAX_SIZE, cfg.patch_size)]
     c = DiTConfig(hidden=cfg.num_attention_heads * cfg.attention_head_dim, num_blocks=cfg.num_layers,
                   head_dim=cfg.attention_head_dim, mlp_hidden=int(cfg.mlp_ratio * cfg.num_attention_heads
                                                                   * cfg.attention_head_dim),

@@ -148,3 +148,26 @@ def test_no_network_guard_is_active():
 
     with pytest.raises(RuntimeError, match="network"):
         socket.create_connection(("203.0.113.7", 443), timeout=1)  # a documentation address
+
+
+def test_diffusers_folder_layout_loads_to_the_same_velocity(tmp_path, twin, anima):
+    """The Diffusers repo's layout (transformer/ with in_channels=16 + concat_padding_mask, text_conditioner/,
+    text_encoder/, tokenizer/, t5_tokenizer/) loads without torchvision and matches the single file."""
+    import shutil
+
+    anima.transformer.register_to_config(in_channels=16, concat_padding_mask=True)
+    try:
+        anima.transformer.save_pretrained(tmp_path / "transformer")
+    finally:
+        anima.transformer.register_to_config(in_channels=17, concat_padding_mask=False)
+    anima.adapter.save_pretrained(tmp_path / "text_conditioner")
+    anima.text_encoder.save_pretrained(tmp_path / "text_encoder")
+    shutil.copytree(twin / "qwen25_tokenizer", tmp_path / "tokenizer")
+    shutil.copytree(twin / "t5_tokenizer", tmp_path / "t5_tokenizer")
+    other = load_anima(tmp_path, with_vae=False)
+    assert other.transformer.config.in_channels == 17 and not other.transformer.config.concat_padding_mask
+    x, sigma = torch.randn(1, 16, 8, 8), torch.tensor([0.5])
+    ctx = encode_prompts(anima, ["score_9, 1girl"]).crossattn_emb
+    torch.testing.assert_close(encode_prompts(other, ["score_9, 1girl"]).crossattn_emb, ctx)
+    with torch.no_grad():
+        torch.testing.assert_close(other.velocity(x, sigma, ctx), anima.velocity(x, sigma, ctx))
