@@ -41,20 +41,15 @@ import numpy as np
 import torch
 from tqdm.auto import trange
 
+from anima_probe.flow import DEFAULT_SHIFT, shift_sigma  # one definition of the schedule
+
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseScaler = Callable[[torch.Tensor], torch.Tensor]
 
-DEFAULT_SHIFT = 3.0
 # sigma = 1 means lam = inf (alpha = 0). phi is evaluated there at this stand-in sigma: at lam ~ 1e7 the default
 # scaler gives rho < 1e-50 (a complete re-noise, the true limit) and the ODE scaler gives rho = 1 exactly.
 _SIGMA_ONE_STANDIN = 1.0 - 1e-7
 _QUAD_POINTS = 32  # Gauss-Legendre nodes in log(lam) for S1, S2; the integrands there are smooth and bounded
-
-
-def shift_sigma(t: torch.Tensor | float, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
-    """Anima's time shift: sigma = s*t / (1 + (s-1)*t). Maps 0 -> 0 and 1 -> 1 for every shift > 0."""
-    t = torch.as_tensor(t, dtype=torch.float64 if not isinstance(t, torch.Tensor) else t.dtype)
-    return shift * t / (1 + (shift - 1) * t)
 
 
 def simple_sigmas(steps: int, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
