@@ -57,8 +57,11 @@ def test_zero_patch_is_identity_and_nonzero_changes_velocity(anima):
 def test_hooks_removed_after_an_error(anima):
     x, s, ctx = _inputs()
     before = _hook_count(anima)
+    def broken(v):
+        raise ZeroDivisionError("an edit that fails mid-forward")
+
     with pytest.raises(ZeroDivisionError):
-        with patch(anima, {"blocks.0": lambda v: v / 0 if False else 1 / 0}):
+        with patch(anima, {"blocks.0": broken}):
             anima.velocity(x, s, ctx)
     assert _hook_count(anima) == before
 
