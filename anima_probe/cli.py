@@ -51,6 +51,39 @@ def _demo(args) -> int:
     return 0
 
 
+def _list(args) -> int:
+    from anima_probe.experiment import discover
+
+    for exp in discover().values():
+        kind = "text only" if not exp.needs_dit else "DiT"
+        print(f"{exp.name:<22} v{exp.version:<3} {kind:<9} {exp.question}")
+    return 0
+
+
+def _run(args) -> int:
+    import torch
+
+    from anima_probe.experiment import discover, get, run
+    from anima_probe.model import load_anima
+    from anima_probe.runs import read_run
+
+    registry = discover()
+    names = list(registry) if args.experiment == "all" else [get(args.experiment, registry).name]
+    files = {k: getattr(args, k) for k in ("dit", "text_encoder", "vae", "qwen_tokenizer", "t5_tokenizer")
+             if getattr(args, k)}
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    anima = load_anima(args.model, device=args.device, dtype=dtype, with_vae=False, **files)
+    for name in names:
+        overrides = args.overrides if args.experiment != "all" else []
+        run_dir = run(name, overrides, anima=anima, results=args.results, progress=not args.quiet, registry=registry)
+        record = read_run(run_dir)
+        print(f"{name}: {run_dir}")
+        for key, value in record.metrics.items():
+            arrow = "^" if record.higher_is_better[key] else "v"
+            print(f"  {key:<40} {value:>10.4f} {arrow}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anima-probe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,7 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="reports/figures/toyworld_demo.png")
     p.set_defaults(fn=_demo)
+    p = sub.add_parser("list", help="list the experiments")
+    p.set_defaults(fn=_list)
+    p = sub.add_parser("run", help="run an experiment (or all) into a new numbered folder under results/")
+    p.add_argument("experiment", help="an experiment name from `anima-probe list`, or all")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (one experiment only)")
+    p.add_argument("--model", default=None, help="model folder (default: the bundled toy world)")
+    for role in ("dit", "text-encoder", "vae", "qwen-tokenizer", "t5-tokenizer"):
+        p.add_argument(f"--{role}", default=None, help=f"the {role.replace('-', ' ')} file or folder (overrides --model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--results", default="results", help="where run folders go")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=_run)
     args = parser.parse_args(argv)
+    if getattr(args, "experiment", None) == "all" and args.overrides:
+        parser.error("overrides apply to one experiment; run them one at a time")
     return args.fn(args)
 
 

@@ -33,6 +33,13 @@ def _no_network(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own embedding cache / hash memo: no test reads another's (or the user's) cache."""
+    monkeypatch.setenv("ANIMA_PROBE_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     yield
