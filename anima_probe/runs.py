@@ -96,6 +96,22 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def update_section(path: str | Path, section: str, markdown: str, title: str = "Performance") -> Path:
+    """Replace (or append) the block between ``<!-- begin:section -->`` and ``<!-- end:section -->`` in a shared
+    generated report, so each benchmark script rewrites only its own part of e.g. reports/performance.md."""
+    _check_name(section, "section")
+    path = Path(path)
+    begin, end = f"<!-- begin:{section} -->", f"<!-- end:{section} -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else f"# {title}\n"
+    block = f"{begin}\n{markdown.strip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    return atomic_write_text(path, text)
+
+
 # ---------------------------------------------------------------- run folders
 
 

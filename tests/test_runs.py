@@ -238,3 +238,17 @@ def test_environment_info_and_sha256(tmp_path):
     assert env["device"] == "cpu" and env["torch"].startswith("2.")
     (tmp_path / "w").write_bytes(b"abc")
     assert sha256_file(tmp_path / "w") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_update_section_rewrites_only_its_own_block(tmp_path):
+    from anima_probe.runs import update_section
+
+    path = tmp_path / "performance.md"
+    update_section(path, "a", "first a")
+    update_section(path, "b", "only b")
+    update_section(path, "a", "second a")
+    text = path.read_text()
+    assert "second a" in text and "first a" not in text and "only b" in text
+    assert text.index("second a") < text.index("only b")  # a keeps its place
+    with pytest.raises(ValueError):
+        update_section(path, "bad name/..", "x")
