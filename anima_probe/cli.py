@@ -51,6 +51,20 @@ def _demo(args) -> int:
     return 0
 
 
+def _train_toy(args) -> int:
+    import time
+
+    from anima_probe.experiment import apply_overrides
+    from anima_probe.toyworld.train import PROFILES, train_toy_world
+
+    cfg = apply_overrides(PROFILES[args.profile], args.overrides)
+    t0 = time.time()
+    model_dir = train_toy_world(Path(args.out_dir), cfg, device=args.device)
+    print(f"toy world ({args.profile} profile, {cfg.steps} steps x batch {cfg.batch_size}) trained in "
+          f"{time.time() - t0:.0f} s -> {model_dir}")
+    return 0
+
+
 def _list(args) -> int:
     from anima_probe.experiment import discover
 
@@ -104,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="reports/figures/toyworld_demo.png")
     p.set_defaults(fn=_demo)
+    p = sub.add_parser("train-toy", help="train the tiny toy-world Anima from scratch (resumable)")
+    p.add_argument("out_dir", help="run/ (checkpoints, loss.csv) and model/ (the model folder) go here")
+    p.add_argument("--profile", default="cpu", choices=["cpu", "gpu"], help="training budget (see toyworld/train.py)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("overrides", nargs="*", help="ToyConfig overrides key=value, e.g. steps=200")
+    p.set_defaults(fn=_train_toy)
     p = sub.add_parser("list", help="list the experiments")
     p.set_defaults(fn=_list)
     p = sub.add_parser("run", help="run an experiment (or all) into a new numbered folder under results/")

@@ -67,6 +67,15 @@ class ToyConfig:
                 "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": self.qwen_hidden // 4}
 
 
+# Named training budgets (DiT-style size dict, used as CLI choices). "gpu" is what the shipped model used (351 s on an
+# H100). "cpu" fits the 45-minute budget of a 2-core machine: same architecture and data, a quarter of the batch and
+# fewer steps; its measured time and how well it learned are in data/toyworld/README.md.
+PROFILES = {
+    "gpu": ToyConfig(steps=3500),
+    "cpu": ToyConfig(steps=1500, batch_size=64, warmup=100, checkpoint_every=250, bf16=False),
+}
+
+
 def _data(cfg: ToyConfig, model_dir: Path, device):
     """Images, frozen Qwen states of every caption (+ the empty prompt, last row) and the tokenizers."""
     world = generate(cfg.n_images, cfg.seed, cfg.image_size)

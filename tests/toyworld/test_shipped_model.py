@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import asdict, replace
 
+import pytest
 import torch
 
 from anima_probe.model import default_model_dir, load_anima
@@ -34,3 +36,23 @@ def test_shortened_rebuild_is_deterministic_and_resumes_exactly(tmp_path):
     train_toy_world(tmp_path / "b", cfg, progress=False)
     losses = [[r["loss"] for r in csv.DictReader(open(tmp_path / d / "run/loss.csv"))] for d in ("a", "b")]
     assert len(losses[0]) == 4 and losses[0][:2] == losses[1][:2]
+
+
+def test_training_profiles_build_the_shipped_architecture():
+    """Every budget trains the same model the suite ships, so a CPU-trained world is a drop-in replacement."""
+    from anima_probe.toyworld.train import PROFILES
+
+    shipped = json.loads((default_model_dir() / "toyworld.json").read_text())
+    arch = ("hidden", "num_blocks", "head_dim", "text_dim", "adapter_layers", "qwen_hidden", "qwen_vocab", "t5_vocab",
+            "image_size", "n_images", "seed")
+    for name, cfg in PROFILES.items():
+        assert {k: asdict(cfg)[k] for k in arch} == {k: shipped[k] for k in arch}, name
+    assert asdict(PROFILES["gpu"]) == shipped  # the shipped model is exactly the gpu profile
+
+
+def test_train_toy_cli_refuses_unknown_overrides(tmp_path):
+    from anima_probe.cli import main
+
+    with pytest.raises(KeyError, match="did you mean steps"):
+        main(["train-toy", str(tmp_path / "out"), "stepz=3"])
+    assert not (tmp_path / "out").exists()  # nothing started
