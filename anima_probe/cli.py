@@ -65,6 +65,46 @@ def _train_toy(args) -> int:
     return 0
 
 
+def _sample(args) -> int:
+    """Mod-guided sampling: a grid of guidance weights (rows) x CFG scales (columns) into a numbered run folder."""
+    import torch
+
+    from anima_probe import guided_sampling as gs
+    from anima_probe.model import load_anima
+    from anima_probe.runs import git_hash, sha256_file
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    anima = load_anima(args.model, device=args.device, dtype=dtype, with_vae=args.model is not None)
+    source = gs.load_source(args.proj, anima)
+    family, prompts = gs.family_of(source), [p.strip() for p in args.prompts.split("|")]
+    guidance = gs.Guidance(0.0, gs.Schedule.parse(args.schedule), args.final_w,
+                           None if args.rows == "auto" else args.rows)
+    if family == "cosmos":
+        if not args.clip:
+            raise SystemExit("anima-probe sample: a cosmos adapter needs --clip (a CLIP-L text model file or folder)")
+        from anima_probe.clip import load_clip
+
+        gp = gs.prepare_cosmos(anima, source, load_clip(args.clip, device=args.device), prompts, args.pos,
+                               args.neg, args.negative)
+    else:
+        gp = gs.prepare_pooled_text(anima, source, prompts, args.pos, args.neg, args.negative)
+    ws = [None if w.strip() == "off" else float(w) for w in args.w.split(",")]
+    cfgs = [float(c) for c in args.cfg.split(",")]
+    noise = gs.initial_noise(anima, len(prompts), args.size, args.seed)
+    images = gs.sample_grid(anima, gp, ws, cfgs, guidance, noise, steps=args.steps, shift=args.shift,
+                            sampler=args.sampler, seed=args.seed, progress=not args.quiet)
+    rows = ["no modulation" if w is None else f"w={w:g}" for w in ws]
+    fig = gs.grid_figure(images, rows, [f"CFG {c:g}" for c in cfgs])
+    settings = {k: v for k, v in vars(args).items() if k != "fn"} | {
+        "family": family, "row_policy": guidance.policy(family).value, "schedule": guidance.schedule.text(),
+        "w_values": ws, "cfg_values": cfgs, "model": anima.name, "proj_sha256": sha256_file(args.proj),
+        "git": git_hash(), "grid": "rows = w (None: no modulation), columns = CFG scale, prompts side by side"}
+    run_dir = gs.write_sample_run(args.out, images, settings, fig)
+    print(f"{family} ({settings['row_policy']}, {settings['schedule']}): {len(ws)} w x {len(cfgs)} CFG x "
+          f"{len(prompts)} prompts -> {run_dir}")
+    return 0
+
+
 def _list(args) -> int:
     from anima_probe.experiment import discover
 
@@ -124,6 +164,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("overrides", nargs="*", help="ToyConfig overrides key=value, e.g. steps=200")
     p.set_defaults(fn=_train_toy)
+    p = sub.add_parser("sample", help="modulation-guided sampling: a w x CFG grid into a numbered run folder")
+    p.add_argument("--proj", required=True, help="modulation source: pooled_text_proj .safetensors or cosmos .pt")
+    p.add_argument("--model", default=None, help="model folder (default: the bundled toy world)")
+    p.add_argument("--clip", default=None, help="CLIP-L text model file or folder (cosmos adapters)")
+    p.add_argument("--prompts", default="1girl, solo, @kiri_ama|scenery, landscape, no humans, @neon_yoru",
+                   help="prompts separated by |")
+    p.add_argument("--pos", default="absurdres, highres, masterpiece, best quality, score_7, score_8, score_9",
+                   help="p+ of Eq. 3 (default: the proposal's)")
+    p.add_argument("--neg", default="worst quality, low quality, score_1, score_2, score_3", help="p- of Eq. 3")
+    p.add_argument("--negative", default="", help="the CFG negative prompt (uncond row)")
+    p.add_argument("--w", default="off,0,3", help="guidance weights, comma-separated grid rows; off = no modulation")
+    p.add_argument("--cfg", default="1,4", help="CFG scales (ComfyUI convention), comma-separated grid columns")
+    p.add_argument("--schedule", default="uniform", help="uniform | step:START | interval:START:END] (end "
+                   "inclusive) | interval:START:END) (end exclusive) | a profile: sorryhyun, anzhc, ...")
+    p.add_argument("--final-w", type=float, default=0.0, help="final-layer weight (pooled_text_proj only)")
+    p.add_argument("--rows", default="auto", choices=["auto", "both", "cond-only", "official", "per-row-base"],
+                   help="what the CFG uncond row gets (auto: the family's own port)")
+    p.add_argument("--sampler", default="euler", choices=["euler", "er_sde"])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--shift", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--out", default="results", help="where run folders go")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=_sample)
     p = sub.add_parser("list", help="list the experiments")
     p.set_defaults(fn=_list)
     p = sub.add_parser("run", help="run an experiment (or all) into a new numbered folder under results/")

@@ -20,7 +20,7 @@ import contextlib
 import io
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +289,17 @@ def sample_guided(anima, gp: GuidedPrompts, guidance: Guidance | None, cfg: floa
                   **kwargs) -> torch.Tensor:
     """One setting: (B, C, h, w) final samples; ``guidance=None`` is plain (CFG) sampling with no hooks."""
     return sample_cells(anima, gp, [Cell(guidance, cfg)], noise, **kwargs)[0]
+
+
+def sample_grid(anima, gp: GuidedPrompts, ws: Sequence[float | None], cfgs: Sequence[float], guidance: Guidance,
+                noise: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Images (len(ws), len(cfgs), B, 3, H, W) in [0, 1]: ``guidance`` with w replaced along the rows (None: no
+    modulation at all) and the CFG scale along the columns, every cell from the same noise."""
+    cells = [Cell(None if w is None else replace(guidance, w=float(w)), float(c)) for w in ws for c in cfgs]
+    x = sample_cells(anima, gp, cells, noise, **kwargs)  # (R*C, B, C, h, w)
+    with torch.no_grad():
+        images = anima.decode(x.flatten(0, 1))  # (R*C*B, 3, H, W)
+    return images.view(len(ws), len(cfgs), len(gp), *images.shape[1:])
 
 
 # ------------------------------------------------------------------------------- files, grids, run folders

@@ -197,3 +197,19 @@ def test_sample_run_folder_holds_grid_images_and_settings(tmp_path):
     assert np.array_equal(saved, (images.permute(0, 1, 2, 4, 5, 3) * 255).round().byte().numpy())
     assert json.loads((run / "settings.json").read_text()) == {"w": ["off", 3.0]}
     assert (run / "grid.png").stat().st_size > 0
+
+
+def test_cli_sample_writes_a_run_folder_with_the_resolved_settings(tiny_model_dir, tiny_anima, tmp_path):
+    from anima_probe.cli import main
+
+    proj = save_pooled_text_proj(_proj(tiny_anima), tmp_path / "proj.safetensors")
+    argv = ["sample", "--model", str(tiny_model_dir), "--proj", str(proj), "--prompts", "1girl|scenery",
+            "--w", "off,2", "--cfg", "1,3", "--schedule", "interval:0:0]", "--steps", "1", "--size", "16",
+            "--out", str(tmp_path / "runs"), "--quiet"]
+    assert main(argv) == 0
+    run = tmp_path / "runs" / "000-sample"
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["family"] == POOLED_TEXT_PROJ and settings["row_policy"] == "per-row-base"
+    assert settings["w_values"] == [None, 2.0] and settings["cfg_values"] == [1.0, 3.0]
+    assert settings["schedule"] == "interval:0:0]" and len(settings["proj_sha256"]) == 64
+    assert np.load(run / "images.npy").shape == (2, 2, 2, 16, 16, 3)
