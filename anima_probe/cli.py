@@ -138,6 +138,32 @@ def _run(args) -> int:
     return 0
 
 
+def _distill(args) -> int:
+    """Distil a modulation source (family pooled_text_proj or cosmos) from the frozen model; rerun to resume."""
+    import torch
+    from accelerate import Accelerator
+
+    from anima_probe.clip import load_clip
+    from anima_probe.distill import DistillConfig, TrainingInterrupted, distill
+    from anima_probe.experiment import apply_overrides
+    from anima_probe.model import load_anima
+    from anima_probe.training import NonFiniteLoss
+
+    cfg = apply_overrides(DistillConfig(), args.overrides)
+    accelerator = Accelerator(cpu=args.device == "cpu")  # one process, or one per GPU under `accelerate launch`
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    anima = load_anima(args.model, device=accelerator.device, dtype=dtype, with_vae=cfg.data == "images")
+    clip = load_clip(args.clip, args.clip_tokenizer, device=accelerator.device) if args.clip else None
+    try:
+        path = distill(cfg, args.out, args.captions, anima, clip, accelerator, progress=not args.quiet)
+    except (TrainingInterrupted, NonFiniteLoss) as err:
+        print(f"anima-probe distill: {err}", file=sys.stderr)
+        return 130 if isinstance(err, TrainingInterrupted) else 1
+    if accelerator.is_main_process:
+        print(f"{cfg.family}: {path}  (loss curve, validation and checkpoint in {args.out})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anima-probe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +230,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default="results", help="where run folders go")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_run)
+    p = sub.add_parser("distill", help="train a modulation source by distillation (resumable; several processes: "
+                       "accelerate launch --multi_gpu, or torchrun --nproc_per_node N on CPUs)")
+    p.add_argument("captions", help="caption set (.csv/.jsonl; an image column for data=images)")
+    p.add_argument("overrides", nargs="*", help="DistillConfig overrides key=value, e.g. family=cosmos steps=4000")
+    p.add_argument("--out", required=True, help="run folder: rerunning with the same folder resumes")
+    p.add_argument("--model", default=None, help="model folder (default: the bundled toy world)")
+    p.add_argument("--clip", default=None, help="CLIP-L text model file or folder (family cosmos)")
+    p.add_argument("--clip-tokenizer", default=None, help="CLIP tokenizer folder (default: found next to --clip)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (the process's GPU under accelerate launch)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="the frozen model's dtype")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=_distill)
     args = parser.parse_args(argv)
     if getattr(args, "experiment", None) == "all" and args.overrides:
         parser.error("overrides apply to one experiment; run them one at a time")
