@@ -13,15 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.metrics import mutual_info_score
-from threadpoolctl import threadpool_limits
 
 from anima_probe.cache import SOURCES
 from anima_probe.directions import pooled_table
 from anima_probe.experiment import Context, Experiment, Result
 from anima_probe.manifests import read_caption_set, split_tags
-from anima_probe.metrics import bootstrap_ci, empirical_p, kmeans_nmi, permutation_null
+from anima_probe.metrics import _kmeans, bootstrap_ci, empirical_p, kmeans_nmi, nmi, permutation_null
 from anima_probe.pooling import STRATEGIES
 from anima_probe.runs import REPO_ROOT, new_figure
 from anima_probe.toyworld.captions import TOYWORLD_CAPTIONS
@@ -54,12 +51,9 @@ def score_pooling(X, labels, config: PoolingNMIConfig) -> dict[str, float]:
     """Every statistic in `STATS` for one set of pooled vectors X (N, D) against artist labels (N,)."""
     labels = np.asarray(labels)
     seeds = tuple(range(config.seed, config.seed + config.kmeans_seeds))
-    # One OpenMP thread: on a few hundred rows KMeans' threads only fight each other; on the shared 2-core
-    # machine a 10-init fit took 0.7-2.8 s with 2 threads and 0.05 s with one.
-    with threadpool_limits(limits=1, user_api="openmp"):
-        score = kmeans_nmi(X, labels, seeds=seeds, n_init=config.n_init)
-        null = permutation_null(X, labels, n_perm=config.n_perm, seed=config.seed, n_init=config.n_init)
-        pred = _first_partition(X, len(set(labels)), seeds[0], config.n_init)
+    score = kmeans_nmi(X, labels, seeds=seeds, n_init=config.n_init)
+    null = permutation_null(X, labels, n_perm=config.n_perm, seed=config.seed, n_init=config.n_init)
+    pred = _first_partition(X, len(set(labels)), seeds[0], config.n_init)
     low, high = _spread_ci(labels, pred, score.nmi_mean, config)
     return {"nmi": score.nmi_mean, "nmi_sd": score.nmi_sd, "ari": score.ari_mean, "ari_sd": score.ari_sd,
             "nmi_ci_low": low, "nmi_ci_high": high, "null_q95": float(np.quantile(null, 0.95)),
@@ -76,10 +70,9 @@ def _spread_ci(labels: np.ndarray, pred: np.ndarray, centre: float, config: Pool
     level itself is what the permutation null reports.
     """
     boot: list[float] = []
-    codes = np.unique(labels, return_inverse=True)[1]  # (N,) ints for the bincount table
 
     def stat(idx: np.ndarray) -> float:
-        boot.append(nmi_codes(codes[idx], pred[idx]))
+        boot.append(nmi(labels[idx], pred[idx]))
         return boot[-1]
 
     q_low, q_high = bootstrap_ci(stat, len(labels), n_boot=config.n_boot, seed=config.seed, alpha=config.alpha)
@@ -87,32 +80,9 @@ def _spread_ci(labels: np.ndarray, pred: np.ndarray, centre: float, config: Pool
     return max(0.0, centre + q_low - mid), min(1.0, centre + q_high - mid)
 
 
-def nmi_codes(a: np.ndarray, b: np.ndarray) -> float:
-    """sklearn's NMI (arithmetic normalisation, same limit cases) of two non-negative int labelings.
-
-    sklearn re-validates and re-encodes its inputs on every call (3 ms at N = 360) and the bootstrap calls it
-    n_boot times per pooling, so the contingency table is built here with one bincount (0.3 ms); sklearn
-    still computes the mutual information from it.
-    """
-    kb = int(b.max()) + 1
-    table = np.bincount(a * kb + b, minlength=(int(a.max()) + 1) * kb).reshape(-1, kb)  # (Ka, Kb)
-    table = table[table.sum(1) > 0][:, table.sum(0) > 0]
-    if table.shape[0] == table.shape[1] == 1:
-        return 1.0  # neither labeling splits the data: sklearn's "perfect match" limit
-    mi = mutual_info_score(None, None, contingency=table)
-    if mi == 0:
-        return 0.0
-    return float(mi / ((_entropy(table.sum(1)) + _entropy(table.sum(0))) / 2))
-
-
-def _entropy(counts: np.ndarray) -> float:
-    p = counts / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
-
 def _first_partition(X, k: int, seed: int, n_init: int) -> np.ndarray:
     """The same fit `kmeans_nmi` makes for its first seed (it keeps only the scores)."""
-    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(np.asarray(X, dtype=np.float64))
+    return _kmeans(np.asarray(X, dtype=np.float64), k, seed, n_init)
 
 
 def _manifest_path(text: str) -> Path:

@@ -141,3 +141,17 @@ def test_input_errors():
     X[3, 2] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         kmeans_nmi(X, labels)
+
+
+def test_fast_nmi_equals_sklearn_including_limit_cases():
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from anima_probe.metrics import nmi
+
+    rng = np.random.default_rng(0)
+    cases = [(rng.integers(0, 12, 360), rng.integers(0, 12, 360)) for _ in range(20)]
+    a = rng.integers(0, 5, 60)
+    cases += [(a, a), (a, (a + 1) % 5), (a, np.zeros(60, int)), (np.zeros(9, int), np.full(9, 3)), (a * 2, a),
+              (np.array(list("aabbc")), np.array([3, 3, 1, 1, 0]))]
+    for x, y in cases:
+        assert nmi(x, y) == pytest.approx(normalized_mutual_info_score(x, y), abs=1e-12)
