@@ -1,0 +1,113 @@
+"""Benchmark: one modulation-source distillation step vs one DiT forward at the same batch.
+
+A step is a teacher forward (no grad), a student forward with the injected modulation, its backward (through the
+frozen DiT to the source) and an AdamW update of the source. The target is <= 4.5x one forward. The floor is lower
+than the usual 1 + 1 + 2: the DiT is frozen, so its backward computes activation gradients only (no weight
+gradients), about one forward's work, giving ~3x. Gradient checkpointing on the frozen blocks adds the blocks'
+recompute in exchange for not holding every block's activations.
+
+Run: .venv/bin/python benchmarks/distill_step.py  (CPU, 1 thread; writes its section of reports/performance.md)
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from anima_probe.checkpoint import DiTConfig
+from anima_probe.distill import DistillConfig, Student, batch, checkpointed_blocks, distill_loss, new_source
+from anima_probe.distill_data import DistillData
+from anima_probe.model import Anima, build_transformer, load_anima
+from anima_probe.runs import update_section
+
+ROOT = Path(__file__).resolve().parent.parent
+WIDER = DiTConfig(hidden=512, num_blocks=8, head_dim=64, mlp_hidden=2048, text_dim=256, adaln_lora_dim=128,
+                  in_channels=16, out_channels=16, patch=2)
+
+
+def random_data(c: DiTConfig, side: int, n: int = 64, text_rows: int = 32) -> DistillData:
+    g = torch.Generator().manual_seed(0)
+    return DistillData([f"caption {i}" for i in range(n)], torch.randn(n, c.in_channels, side, side, generator=g),
+                       torch.randn(n, text_rows, c.text_dim, generator=g), torch.randn(1, text_rows, c.text_dim,
+                                                                                       generator=g),
+                       torch.randn(n, c.text_dim, generator=g), n - 8)
+
+
+def wider_model() -> Anima:
+    torch.manual_seed(0)
+    tr = build_transformer(WIDER, meta=False).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in tr.parameters():
+            p.normal_(0, 0.02)
+    return Anima(transformer=tr, adapter=None, dit_config=WIDER, name="wider-random")
+
+
+def _median(fn, reps: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure(anima, data: DistillData, batch_size: int, reps: int) -> dict:
+    cfg = DistillConfig(batch_size=batch_size)
+    source = new_source(cfg, anima, data.pooled.shape[1])
+    with torch.no_grad():
+        source.linear_out.weight.normal_(std=0.01)  # non-zero, so the backward reaches every source weight
+    student, opt = Student(source, anima.num_blocks), torch.optim.AdamW(source.parameters(), lr=1e-4)
+    parts = batch(cfg, data, 0, 0, 1, "cpu")
+    x_t, sigma = data.x0[parts[0]], parts[1]
+
+    def forward():
+        with torch.no_grad():
+            anima.velocity(x_t, sigma, data.context(parts[0]))
+
+    def step(checkpointing: bool):
+        def run():
+            opt.zero_grad(set_to_none=True)
+            with checkpointed_blocks(anima, checkpointing):
+                distill_loss(anima, student, data, *parts, backward=torch.Tensor.backward)
+            opt.step()
+        return run
+
+    f = _median(forward, reps)
+    return {"forward": f, "step": _median(step(False), reps), "step_ckpt": _median(step(True), reps)}
+
+
+def main() -> int:
+    torch.set_num_threads(1)  # a shared CPU: thread hand-offs dominate these small matmuls otherwise
+    rows = []
+    toy = load_anima(with_text=False)
+    for name, anima, side, bs in (("toy world (128 wide, 5 blocks, 256 tokens)", toy, 32, 8),
+                                  ("wider random (512 wide, 8 blocks, 256 tokens)", wider_model(), 32, 8)):
+        data = random_data(anima.dit_config, side)
+        r = measure(anima, data, bs, reps=5)
+        rows.append(f"| {name} | {bs} | {r['forward'] * 1e3:.0f} | {r['step'] * 1e3:.0f} | "
+                    f"**{r['step'] / r['forward']:.2f}x** | {r['step_ckpt'] / r['forward']:.2f}x |")
+        print(rows[-1], flush=True)
+    md = "\n".join([
+        "## Distillation step vs DiT forward",
+        "",
+        "Command: `.venv/bin/python benchmarks/distill_step.py` (CPU, 1 thread, median of 5 after a warm-up; both",
+        "columns of a row measured in the same run). A step = teacher forward (no grad) + student forward with the",
+        "injected modulation + backward through the frozen DiT to the source + AdamW on the source. Target <= 4.5x.",
+        "Floor ~3x: the frozen DiT's backward needs activation gradients only (no weight gradients), about one",
+        "forward. Gradient checkpointing (`gradient_checkpointing=true`) adds the blocks' recompute, about one forward.",
+        "",
+        "| model | batch | forward (ms) | step (ms) | step / forward | with gradient checkpointing |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ])
+    update_section(ROOT / "reports" / "performance.md", "distill-step", md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
