@@ -9,6 +9,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub: every file is local
 
+from anima_probe import gate, report  # noqa: E402  (light modules: argument definitions of report / regress)
+
 
 def _tiny(args) -> int:
     from anima_probe.tiny import write_tiny
@@ -118,6 +120,7 @@ def _run(args) -> int:
     import torch
 
     from anima_probe.experiment import discover, get, run
+    from anima_probe.freshness import source_fingerprint, write_stamp
     from anima_probe.model import load_anima
     from anima_probe.runs import read_run
 
@@ -129,7 +132,9 @@ def _run(args) -> int:
     anima = load_anima(args.model, device=args.device, dtype=dtype, with_vae=False, **files)
     for name in names:
         overrides = args.overrides if args.experiment != "all" else []
+        source = source_fingerprint(registry[name])  # taken before the run: see anima_probe.freshness
         run_dir = run(name, overrides, anima=anima, results=args.results, progress=not args.quiet, registry=registry)
+        write_stamp(run_dir, registry[name], source)  # lets `anima-probe report` reuse a default-config run
         record = read_run(run_dir)
         print(f"{name}: {run_dir}")
         for key, value in record.metrics.items():
@@ -242,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="the frozen model's dtype")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_distill)
+    p = sub.add_parser("report", help="rerun stale experiments, execute notebooks/ -> reports/*.md + index")
+    report.add_arguments(p)
+    p.set_defaults(fn=report.cli)
+    p = sub.add_parser("regress", help="the regression gate: latest runs vs reports/baselines/<tier>/")
+    gate.add_arguments(p)
+    p.set_defaults(fn=gate.cli)
     args = parser.parse_args(argv)
     if getattr(args, "experiment", None) == "all" and args.overrides:
         parser.error("overrides apply to one experiment; run them one at a time")

@@ -9,7 +9,12 @@ tolerance and where that tolerance came from::
 
 `compare` checks a run's metrics against it, `gate` turns the checks into an exit code, `format_table` prints
 them, `update_baseline` accepts a run as the new baseline without losing the tolerances' provenance.
-Command line: ``python -m anima_probe.regress RUN_DIR_OR_METRICS_JSON --tier quick [--strict] [--update]``.
+Command line: ``python -m anima_probe.regress RUN_DIR_OR_METRICS_JSON --tier toy [--strict] [--update]`` for one
+run; ``anima-probe regress [--tier toy] [--strict] [--update] [--measure]`` for every experiment of a tier
+(`anima_probe.gate`). Tiers: ``toy`` (the bundled toy world, runs in
+``results/``) and ``anima`` (the real weights, runs in ``results/anima/``, recorded on a GPU machine). A baseline
+also stores the run's model file hashes and config: a run from another model or config is a mismatch, not a
+comparison.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from typing import Any
 
 from anima_probe.runs import REPO_ROOT, ResultRecord, atomic_write_json, read_run
 
-STATUSES = ("ok", "improved", "new", "regressed", "missing", "version-mismatch")
-FAILING = frozenset({"regressed", "missing", "version-mismatch"})
+STATUSES = ("ok", "improved", "new", "regressed", "missing", "version-mismatch", "model-mismatch",
+            "config-mismatch")
+FAILING = frozenset({"regressed", "missing", "version-mismatch", "model-mismatch", "config-mismatch"})
 DEFAULT_ABS_TOL = 0.0
 DEFAULT_REL_TOL = 0.05
 DEFAULT_SOURCE = "default, set me"
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m anima_probe.regress", description=__doc__.splitlines()[0]
     )
     parser.add_argument("run", type=Path, help="run folder or its metrics.json")
-    parser.add_argument("--tier", default="quick", help="baseline tier folder under reports/baselines/")
+    parser.add_argument("--tier", default="toy", help="baseline tier folder under reports/baselines/")
     parser.add_argument("--baseline", type=Path, help="explicit baseline file (overrides --tier)")
     parser.add_argument("--strict", action="store_true", help="fail on improvements too")
     parser.add_argument("--update", action="store_true", help="accept this run as the new baseline")
