@@ -195,12 +195,11 @@ def modulation_for(gp: GuidedPrompts, guidance: Guidance, num_blocks: int, cfg: 
                  scales=gp.scales)
 
 
-def _dense(mod: Modulation, rows: int, width: int, final_width: int | None) -> Modulation:
-    """Zeros where a cell leaves a block alone (x + 0 is exact), so cells with different schedules share a batch."""
-    def fill(v, w):
-        return torch.zeros(rows, w) if v is None else v
-    final = None if final_width is None else fill(mod.final, final_width)
-    return Modulation(mod.family, tuple(fill(v, width) for v in mod.blocks), final)
+def _dense(mod: Modulation, zeros: torch.Tensor, with_final: bool) -> Modulation:
+    """``zeros`` (R, W) where a cell leaves a block alone (x + 0 is exact), so cells with different schedules (or
+    none) share one batch."""
+    final = (zeros if mod.final is None else mod.final) if with_final else None
+    return Modulation(mod.family, tuple(zeros if v is None else v for v in mod.blocks), final)
 
 
 def _cells_modulation(anima, gp: GuidedPrompts, guidances: Sequence[Guidance | None], cfg: bool) -> Modulation | None:
@@ -209,10 +208,9 @@ def _cells_modulation(anima, gp: GuidedPrompts, guidances: Sequence[Guidance | N
     mods = [None if g is None else modulation_for(gp, g, anima.num_blocks, cfg) for g in guidances]
     if None not in mods and len({(tuple(m.touched), m.final is not None) for m in mods}) == 1:
         return Modulation.cat(mods)
-    rows = len(gp) * (2 if cfg else 1)
-    width = gp.base_cond.shape[-1]
-    final = width if any(m is not None and m.final is not None for m in mods) else None
-    return Modulation.cat([_dense(m or Modulation(gp.family, (None,) * anima.num_blocks), rows, width, final)
+    zeros = gp.base_cond.new_zeros(len(gp) * (2 if cfg else 1), gp.base_cond.shape[-1])  # (R, W)
+    with_final = any(m is not None and m.final is not None for m in mods)
+    return Modulation.cat([_dense(m or Modulation(gp.family, (None,) * anima.num_blocks), zeros, with_final)
                            for m in mods])
 
 
