@@ -100,26 +100,28 @@ class EmbeddingCache:
             warnings.warn(f"{path}: unreadable cache entry ({err}); recomputing", stacklevel=3)
             return None
 
-    def _encode(self, prompts: list[str]) -> None:
+    def _encode(self, prompts: list[str]) -> dict[str, dict[str, torch.Tensor]]:
         from anima_probe.text import encode_prompts
 
         tc = encode_prompts(self.anima, prompts, batch_size=self.batch_size, empty_prompt=self.empty_prompt,
                             progress=False)
         pooled = {src: pool_all(x.float(), m) for src, x, m in
                   (("prompt_embeds", tc.prompt_embeds, tc.qwen_mask), ("crossattn_emb", tc.crossattn_emb, tc.t5_mask))}
+        entries = {}
         for i, prompt in enumerate(prompts):
             entry = {f"{src}/{name}": v[i].cpu().contiguous() for src, d in pooled.items() for name, v in d.items()}
             atomic_write_bytes(self._path(prompt), st_save(entry))
+            entries[prompt] = entry
+        return entries
 
     def pooled(self, prompts: list[str], progress: bool = True) -> dict[str, torch.Tensor]:
         """``"{source}/{strategy}" -> (N, D)`` float32 for `prompts` in order (duplicates allowed)."""
         prompts = list(prompts)
-        todo = sorted({p for p in prompts if self._read(p) is None})
+        found = {p: self._read(p) for p in dict.fromkeys(prompts)}  # each distinct prompt read once
+        todo = sorted(p for p, entry in found.items() if entry is None)
         chunk = 4 * self.batch_size  # an interrupt loses at most one chunk of work
         for s in tqdm(range(0, len(todo), chunk), desc="encode + pool text", unit="chunk",
                       disable=not progress or not todo):
-            self._encode(todo[s : s + chunk])
-        entries = [self._read(p) for p in prompts]
-        if any(e is None for e in entries):
-            raise RuntimeError(f"{self.dir}: cache entries vanished while reading; rerun")
+            found.update(self._encode(todo[s : s + chunk]))
+        entries = [found[p] for p in prompts]
         return {key: torch.stack([e[key] for e in entries]) for key in entries[0]} if entries else {}

@@ -69,7 +69,7 @@ def test_an_interrupted_fill_keeps_finished_chunks(tmp_path, tiny_anima, monkeyp
         if calls:
             raise KeyboardInterrupt
         calls.append(chunk)
-        real(self, chunk)
+        return real(self, chunk)
 
     monkeypatch.setattr(EmbeddingCache, "_encode", flaky)
     with pytest.raises(KeyboardInterrupt):

@@ -36,15 +36,6 @@ def _registry():
     return {module.EXPERIMENT.name: module.EXPERIMENT}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two torch threads competing with other jobs on a 2-core machine made this file 18x slower (164 s vs 9 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def anima(tmp_path_factory):
     return load_anima(write_tiny(tmp_path_factory.mktemp("tiny"), with_vae=False), with_vae=False)
