@@ -1,12 +1,14 @@
-# The two commands the README opens with. Each creates/refreshes .venv when pyproject.toml changes.
+# The README's commands. Each creates/refreshes .venv when pyproject.toml changes.
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 
+# Also registers the notebooks' kernel: this venv's interpreter, inside the venv (papermill runs it headless).
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[notebooks,dev]"
+	$(PY) -m ipykernel install --sys-prefix --name anima-probe --display-name "anima-probe (this checkout)"
 	touch $@
 
 demo: .venv/.installed
@@ -15,4 +17,15 @@ demo: .venv/.installed
 test: .venv/.installed
 	$(PY) -m pytest -q
 
-.PHONY: demo test
+# Every experiment on the toy world (only the stale ones rerun), the notebooks, reports/*.md and the index.
+reports: .venv/.installed
+	$(PY) -m anima_probe.cli report
+
+# The regression gate: latest toy-world runs vs reports/baselines/toy/.
+regress: .venv/.installed
+	$(PY) -m anima_probe.cli regress --tier toy
+
+ci:
+	.ci/run
+
+.PHONY: demo test reports regress ci

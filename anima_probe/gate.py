@@ -120,13 +120,35 @@ def tolerance_entries(reference: ResultRecord, samples: list[dict[str, float]], 
     return entries
 
 
+def reusable_run(pool: Path, exp, seed: int, reference: ResultRecord) -> Path | None:
+    """A finished seed run in `pool` for the same version, model files and (default + seed) config, or None.
+
+    Makes --measure resumable. The source stamp is not required here: a tolerance is an estimate of the spread
+    over seeds, re-measured on purpose, and the reference run's values (which the gate compares) are fresh.
+    """
+    from anima_probe.freshness import default_config
+
+    want = default_config(exp) | {"seed": seed}
+    found = pool.glob(f"[0-9][0-9][0-9]*-{exp.name}") if pool.is_dir() else []
+    for run_dir in sorted(found, reverse=True):
+        try:
+            record = read_run(run_dir)
+        except ValueError:
+            continue  # a damaged or partial folder is simply not reused
+        if (record.experiment, record.version, record.config, record.model["files"]) == (
+                exp.name, str(exp.version), want, reference.model["files"]):
+            return run_dir
+    return None
+
+
 def measure_tolerances(name: str, tier: str, results: str | Path, *, anima, registry: dict, seeds: int = 5,
                        k: float = 3.0, floor_abs: float = 1e-6, floor_rel: float = 0.02,
                        root: str | Path = REPO_ROOT, progress: bool = False, log=print) -> Path:
     """Run `name` over seeds, write its baseline with measured tolerances; returns the baseline path.
 
     The default-config run (rerun only if stale) gives the values; the extra seeds run into
-    ``<results>/tolerance-runs/`` so the latest pointers the reports use stay on default-config runs.
+    ``<results>/tolerance-runs/`` so the latest pointers the reports use stay on default-config runs, and a
+    finished seed run there is reused (`reusable_run`), so an interrupted measurement resumes.
     """
     from anima_probe.experiment import run
     from anima_probe.freshness import ensure_fresh
@@ -135,11 +157,12 @@ def measure_tolerances(name: str, tier: str, results: str | Path, *, anima, regi
     reference = read_run(ensure_fresh([name], registry, anima, results, progress=progress, log=log)[name])
     first = getattr(exp.config(), "seed", None)
     seed_list = [first] if first is None else list(range(first, first + seeds))
-    samples = [reference.metrics]
+    samples, pool = [reference.metrics], Path(results) / "tolerance-runs"
     for seed in seed_list[1:]:
-        log(f"{name}: tolerance run with seed={seed}")
-        extra = run(name, {"seed": seed}, anima=anima, results=Path(results) / "tolerance-runs",
-                    progress=progress, registry=registry)
+        extra = reusable_run(pool, exp, seed, reference)
+        log(f"{name}: seed={seed} {'reused from ' + extra.name if extra else 'tolerance run'}")
+        if extra is None:
+            extra = run(name, {"seed": seed}, anima=anima, results=pool, progress=progress, registry=registry)
         samples.append(read_run(extra).metrics)
     base = {"experiment": name, "version": reference.version,
             "metrics": tolerance_entries(reference, samples, seed_list, k, floor_abs, floor_rel),
