@@ -361,12 +361,13 @@ def _finish(run: _Run, nosource: dict) -> Path:
                    "rank_fingerprints": prints.tolist(), "val_nosource": nosource, "val_start": _floats(val_rows[0]),
                    "val_end": _floats(val_rows[-1]), "output": path.name}
         atomic_write_json(run.out / "summary.json", summary)
-        save_figure(loss_figure(run.log.read(), val_rows, nosource["val_loss"]), run.out / "loss.png")
+        save_figure(loss_figure(run.log.read(), val_rows, nosource["val_loss"], f"{run.cfg.family} distillation"),
+                    run.out / "loss.png")
     run.accelerator.wait_for_everyone()
     return path
 
 
-def loss_figure(train_rows: list[dict], val_rows: list[dict], nosource: float):
+def loss_figure(train_rows: list[dict], val_rows: list[dict], nosource: float, title: str = "distillation"):
     """Train loss (raw and a running mean) and validation loss vs step, with the no-source student for scale."""
     fig = new_figure(figsize=(6, 3.6))
     ax = fig.add_subplot(1, 1, 1)
@@ -374,12 +375,12 @@ def loss_figure(train_rows: list[dict], val_rows: list[dict], nosource: float):
     loss = torch.tensor([float(r["loss"]) for r in train_rows])
     ax.plot(steps, loss, color="0.75", lw=0.6, label="train (per step)")
     if len(loss) >= 10:
-        k = max(5, len(loss) // 40)
+        k = max(5, len(loss) // 15)
         smooth = torch.nn.functional.avg_pool1d(loss[None, None], k, 1).flatten()
         ax.plot(steps[k - 1:], smooth, color="C0", lw=1.2, label=f"train (mean of {k})")
     ax.plot([int(r["step"]) for r in val_rows], [float(r["val_loss"]) for r in val_rows], "o-", color="C1",
             ms=3, label="validation (fixed sigma grid + noise)")
     ax.axhline(nosource, color="C3", ls="--", lw=1, label="no source (empty prompt)")
-    ax.set(xlabel="step", ylabel="MSE(student v, teacher v)", yscale="log", title="modulation-source distillation")
+    ax.set(xlabel="step", ylabel="MSE(student v, teacher v)", yscale="log", title=title)
     ax.legend(fontsize=7)
     return fig

@@ -125,12 +125,13 @@ def _text(anima, captions: list[str], cfg, clip, progress: bool):
     """(crossattn (N, L, Dt), empty (1, L, Dt), pooled source input (N, P))."""
     tc = encode_prompts(anima, captions + [""], empty_prompt=cfg.empty_prompt, progress=progress)
     length = max(1, int(tc.t5_mask.sum(1).max()))  # rows past every caption's T5 tokens are zeros
-    crossattn = tc.crossattn_emb[:, :length].cpu()  # (N+1, L, Dt)
+    crossattn = tc.crossattn_emb[:, :length].cpu()  # (N+1, L, Dt), still a view of the 512-row storage
     if cfg.family == "cosmos":
         pooled = clip.pooled(captions)  # (N, clip_dim)
     else:
         pooled = pool_named(tc.crossattn_emb[:-1].float(), tc.t5_mask[:-1], cfg.pooling)  # (N, Dt)
-    return crossattn[:-1], crossattn[-1:], pooled.float().cpu()
+    # clones: a saved view would drag the whole 512-row storage into the cache file
+    return crossattn[:-1].clone(), crossattn[-1:].clone(), pooled.float().cpu()
 
 
 def cache_key(cfg, anima, clip, manifest: Path) -> str:

@@ -120,7 +120,10 @@ def test_missing_pieces_are_clear(tiny, tmp_path):
 
 def test_tiny_clip_is_deterministic(tiny, tmp_path):
     again = write_tiny_clip(tmp_path, seed=0)
-    assert again.read_bytes() == tiny.read_bytes()
+    a, b = load_file(again), load_file(tiny)  # (the header's metadata order is not fixed: compare tensors)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (again.parent / "tokenizer" / "vocab.json").read_text() == (tiny.parent / "tokenizer" / "vocab.json").read_text()
     assert (again.parent / "tokenizer" / "merges.txt").read_text() == (tiny.parent / "tokenizer" / "merges.txt").read_text()
-    other = write_tiny_clip(tmp_path / "s1", seed=1)
-    assert other.read_bytes() != tiny.read_bytes()
+    other = load_file(write_tiny_clip(tmp_path / "s1", seed=1))
+    emb = "text_model.embeddings.token_embedding.weight"
+    assert not torch.equal(other[emb], b[emb])
