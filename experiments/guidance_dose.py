@@ -35,10 +35,10 @@ from anima_probe.guided_sampling import (
 )
 from anima_probe.manifests import load_prompt_sets
 from anima_probe.modulation import CFGRowPolicy
-from anima_probe.runs import REPO_ROOT
+from anima_probe.runs import REPO_ROOT, sha256_file
 
 SHIPPED = {"projection": "data/toyworld/pooled_text_proj.safetensors",
-           "cosmos_adapter": "data/toyworld/cosmos_pooled_adapter.safetensors", "clip": "data/toyworld/clip"}
+           "cosmos_adapter": "data/toyworld/cosmos_pooled_adapter.safetensors", "clip": "data/toyworld/model/clip"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class GuidanceDoseConfig:
     prompt_variant: str = "proposal"  # p+ / p-: the proposal's, or a variant of data/manifests/guidance_prompts
     prompts: int = 4  # toy prompts (content + artist)
     seeds: int = 2  # noise draws per prompt: rows = prompts x seeds
-    ws: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    ws: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
     cfgs: tuple[float, ...] = (1.0, 3.0, 5.0)  # ComfyUI scale (1 = no CFG)
     steps: int = 8  # Euler, shift below (toy plain-sample scores: 6.55 at 8 steps, 6.60 at 12, 6.62 at 20)
     shift: float = 3.0
@@ -76,16 +76,23 @@ def _path(value: str, key: str, optional: bool) -> Path | None:
     return path
 
 
-def _sources(ctx: Context, cfg: GuidanceDoseConfig) -> list:
-    sources = []
+def _sources(ctx: Context, cfg: GuidanceDoseConfig) -> tuple[list, str]:
+    """[(source, clip or None)] and a csv of the files used with their sha256 (the run record hashes only the
+    model's own files, so this is what ties the numbers to these projections)."""
+    sources, files = [], []
     if (proj := _path(cfg.projection, "projection", optional=False)) is not None:
         sources.append((load_source(proj, ctx.anima), None))
+        files.append(("projection", proj))
     if (adapter := _path(cfg.cosmos_adapter, "cosmos_adapter", optional=True)) is not None:
         clip_path = _path(cfg.clip, "clip", optional=False)
         sources.append((load_source(adapter, ctx.anima), load_clip(clip_path, device=ctx.anima.device)))
+        clip_files = [clip_path] if clip_path.is_file() else sorted(p for p in clip_path.rglob("*") if p.is_file())
+        files += [("cosmos_adapter", adapter)] + [("clip", p) for p in clip_files]
     if not sources:
         raise ValueError("no modulation source: projection and cosmos_adapter are both none or absent")
-    return sources
+    rows = [f"{role},{p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p},{sha256_file(p)}"
+            for role, p in files]
+    return sources, "\n".join(["role,path,sha256", *rows]) + "\n"
 
 
 def _policies(family: str, cfg: GuidanceDoseConfig) -> tuple[CFGRowPolicy, CFGRowPolicy | None]:
@@ -108,7 +115,7 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     base = dose.toy_prompts(cfg.prompts)
     prompts = [p for _ in range(cfg.seeds) for p in base]  # row r: prompt r % prompts, noise row r
     noise = initial_noise(ctx.anima, len(prompts), cfg.size, cfg.seed)  # (B, C, h, w)
-    sources = _sources(ctx, cfg)
+    sources, source_files = _sources(ctx, cfg)
     frames, metrics, figures = [], {}, {}
     bar = tqdm(total=len(sources) * len(cfg.cfgs), desc="guidance-dose", disable=not ctx.progress)
     pplus, pplus_images = dose.prompt_baseline(ctx.anima, prompts, pos, cfg.negative, sweep, noise)
@@ -125,7 +132,7 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
         frames.append(df)
         k = slice(0, min(cfg.grid_columns, len(prompts)))
         rows = torch.cat([images[:1, :, k], pplus_images[None, :, k], images[1:, :, k]])  # (R, C, b, 3, H, W)
-        labels = ["plain", "p+ in prompt"] + [f"w={w:g} ({policies[0].value})" for w in cfg.ws]
+        labels = ["plain", "p+ in prompt"] + [f"w={w:g}" for w in cfg.ws]
         figures[f"grid_{fam}"] = grid_figure(rows, labels, [f"CFG {c:g}" for c in cfg.cfgs])
     bar.close()
     pplus.insert(0, "family", "none")
@@ -136,10 +143,10 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     df = pd.concat(frames + [pplus], ignore_index=True)
     df["prompt"] = [prompts[r] for r in df.row]
     figures["dose_response"] = dose.dose_figure(df, cfg.cfgs, cfg.n_boot, cfg.seed)
-    lower = ("w0_max_abs_diff", "w0_vs_plain_max_abs_diff")
+    lower = ("w0_max_abs_diff", "w0_batch_max_abs_diff", "w0_vs_plain_max_abs_diff")
     higher = {k: not any(f"/{n}" in k for n in lower) for k in metrics}
     return Result(metrics=metrics, higher_is_better=higher, figures=figures,
-                  tables={"scores.csv": df.to_csv(index=False, float_format="%.6g")})
+                  tables={"scores.csv": df.to_csv(index=False, float_format="%.6g"), "sources.csv": source_files})
 
 
 EXPERIMENT = Experiment(

@@ -4,6 +4,7 @@ does not, both families on one footing, and the dose statistics give known answe
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from anima_probe.modulation import (
     save_cosmos_pooled_adapter,
     save_pooled_text_proj,
 )
+from anima_probe.runs import REPO_ROOT
 from anima_probe.toyworld.world import QUALITY_LEVELS
 
 TINY = {"prompts": "2", "seeds": "1", "ws": "0,2,4", "cfgs": "1,3", "steps": "2", "n_boot": "20",
@@ -111,6 +113,8 @@ def test_both_families_on_the_same_prompts_noise_and_weights(rgb_anima, tmp_path
     both0 = table[(table.policy == "both") & (table.w == 0) & (table.cfg == 3)].score.to_numpy()
     official0 = table[(table.policy == "official") & (table.w == 0) & (table.cfg == 3)].score.to_numpy()
     assert not np.array_equal(both0, official0)
+    roles = [line.split(",")[0] for line in res.tables["sources.csv"].splitlines()[1:]]
+    assert roles[:2] == ["projection", "cosmos_adapter"] and "clip" in roles  # every input file, with its sha256
 
 
 def test_missing_or_absent_sources_are_named(rgb_anima, tmp_path):
@@ -120,6 +124,11 @@ def test_missing_or_absent_sources_are_named(rgb_anima, tmp_path):
         _run(rgb_anima, tmp_path, projection="none")
     with pytest.raises(ValueError, match="ws must contain 0"):
         dose.Sweep((1.0, 2.0), (1.0,))
+
+
+def test_defaults_point_at_the_shipped_toy_world_sources():
+    shipped = sys.modules[EXPERIMENT.fn.__module__].SHIPPED
+    assert all((REPO_ROOT / rel).exists() for rel in shipped.values()), shipped
 
 
 def test_dose_statistics_known_answers():
