@@ -50,15 +50,6 @@ FAST = DistillConfig(data="teacher", resolution=8, steps=6, batch_size=4, val_co
                      val_every=3, checkpoint_every=2, teacher_steps=2, warmup=2, lr=3e-3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models on a shared CPU: thread hand-offs cost more than the matmuls
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
