@@ -116,7 +116,7 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     prompts = [p for _ in range(cfg.seeds) for p in base]  # row r: prompt r % prompts, noise row r
     noise = initial_noise(ctx.anima, len(prompts), cfg.size, cfg.seed)  # (B, C, h, w)
     sources, source_files = _sources(ctx, cfg)
-    frames, metrics, figures = [], {}, {}
+    frames, metrics, figures, jitter = [], {}, {}, ["family,cfg,w0_batch_max_abs_diff"]
     bar = tqdm(total=len(sources) * len(cfg.cfgs), desc="guidance-dose", disable=not ctx.progress)
     pplus, pplus_images = dose.prompt_baseline(ctx.anima, prompts, pos, cfg.negative, sweep, noise)
     for source, clip in sources:
@@ -127,6 +127,8 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
         df, checks, images = dose.sample_source(ctx.anima, gp, sweep, *policies, noise, progress=bar)
         df.insert(0, "family", fam)
         checks["delta_rel_norm"] = float(gp.delta.norm() / gp.base_cond.norm(dim=-1).mean())
+        # GEMM rounding at another batch size (~1e-6, machine- and thread-dependent): reported, never gated
+        jitter += [f"{fam},{k.split('/cfg')[1]},{checks.pop(k):.6g}" for k in list(checks) if "w0_batch" in k]
         metrics |= {f"{fam}/{k}": v for k, v in dose.family_metrics(df, checks, policies, cfg.cfgs, cfg.n_boot,
                                                                        cfg.seed).items()}
         frames.append(df)
@@ -143,10 +145,11 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     df = pd.concat(frames + [pplus], ignore_index=True)
     df["prompt"] = [prompts[r] for r in df.row]
     figures["dose_response"] = dose.dose_figure(df, cfg.cfgs, cfg.n_boot, cfg.seed)
-    lower = ("w0_max_abs_diff", "w0_batch_max_abs_diff", "w0_vs_plain_max_abs_diff")
+    lower = ("w0_max_abs_diff", "w0_vs_plain_max_abs_diff")
     higher = {k: not any(f"/{n}" in k for n in lower) for k in metrics}
     return Result(metrics=metrics, higher_is_better=higher, figures=figures,
-                  tables={"scores.csv": df.to_csv(index=False, float_format="%.6g"), "sources.csv": source_files})
+                  tables={"scores.csv": df.to_csv(index=False, float_format="%.6g"), "sources.csv": source_files,
+                          "w0_batch_jitter.csv": "\n".join(jitter) + "\n"})
 
 
 EXPERIMENT = Experiment(

@@ -73,6 +73,9 @@ def test_planted_delta_moves_images_and_w0_is_exactly_the_base_model(rgb_anima, 
         assert f"{fam}/cond-only/effect/cfg{cfg}" in m  # the contrast policy: w = 0 and w_max only
         assert f"p_plus_prompt/effect/cfg{cfg}" in m and f"{fam}/base_effect/cfg{cfg}" in m
     assert m[f"{fam}/w0_max_abs_diff"] == 0.0 and 0.0 <= m[f"{fam}/per-row-base/persists"] <= 1.0
+    jitter = pd.read_csv(pd.io.common.StringIO(res.tables["w0_batch_jitter.csv"]))
+    assert len(jitter) == 2 and (jitter.w0_batch_max_abs_diff < 1e-4).all()  # float noise, kept out of the gate
+    assert not any("w0_batch" in k for k in m)
     assert all(math.isfinite(v) for v in m.values()) and set(res.higher_is_better) == set(m)
     assert res.higher_is_better[f"{fam}/w0_max_abs_diff"] is False
     assert set(res.figures) == {"dose_response", "grid_pooled_text_proj"}
