@@ -57,6 +57,7 @@ class ClusterScore:
     ari_per_seed: tuple[float, ...]
     seeds: tuple[int, ...]
     k: int
+    partitions: tuple[np.ndarray, ...] = ()  # (N,) cluster ids per seed, so callers reuse the fits
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -111,30 +112,36 @@ def kmeans_nmi(
         raise ValueError(f"k must be between 2 and N = {len(X)}, got {k}")
     if len(seeds) == 0:
         raise ValueError("seeds must not be empty")
-    nmi_scores, ari = [], []
+    nmi_scores, ari, partitions = [], [], []
     for seed in seeds:
         pred = _kmeans(X, k, int(seed), n_init)
+        partitions.append(pred)
         nmi_scores.append(nmi(lab, pred))
         ari.append(float(adjusted_rand_score(lab, pred)))
     nmi_mean, nmi_sd = _mean_sd(nmi_scores)
     ari_mean, ari_sd = _mean_sd(ari)
-    return ClusterScore(nmi_mean, nmi_sd, ari_mean, ari_sd, tuple(nmi_scores), tuple(ari), tuple(seeds), k)
+    return ClusterScore(nmi_mean, nmi_sd, ari_mean, ari_sd, tuple(nmi_scores), tuple(ari), tuple(seeds), k,
+                        tuple(partitions))
 
 
 def permutation_null(
-    X, labels: Sequence, n_perm: int = 200, seed: int = 0, k: int | None = None, n_init: int = 10
+    X, labels: Sequence, n_perm: int = 200, seed: int = 0, k: int | None = None, n_init: int = 10,
+    partition: np.ndarray | None = None,
 ) -> np.ndarray:
     """NMI between a KMeans partition of X and shuffled labels, (n_perm,): what "chance" NMI looks like.
 
     KMeans never sees the labels (only their count, which shuffling keeps), so clustering once and
-    shuffling the labels n_perm times is the exact null and costs one fit instead of n_perm.
+    shuffling the labels n_perm times is the exact null and costs one fit instead of n_perm. Pass the
+    `partition` of an earlier fit (e.g. `ClusterScore.partitions[0]`) to skip even that one.
     """
     X = _matrix(X)
     lab = _labels(labels, len(X))
     k = len(np.unique(lab)) if k is None else int(k)
     if n_perm < 1:
         raise ValueError(f"n_perm must be >= 1, got {n_perm}")
-    pred = _kmeans(X, k, seed, n_init)
+    pred = _kmeans(X, k, seed, n_init) if partition is None else np.asarray(partition)
+    if pred.shape != lab.shape:
+        raise ValueError(f"partition has shape {pred.shape}, labels {lab.shape}")
     rng = np.random.default_rng(seed)
     return np.array([nmi(rng.permutation(lab), pred) for _ in range(n_perm)])
 

@@ -18,7 +18,7 @@ from anima_probe.cache import SOURCES
 from anima_probe.directions import pooled_table
 from anima_probe.experiment import Context, Experiment, Result
 from anima_probe.manifests import read_caption_set, split_tags
-from anima_probe.metrics import _kmeans, bootstrap_ci, empirical_p, kmeans_nmi, nmi, permutation_null
+from anima_probe.metrics import bootstrap_ci, empirical_p, kmeans_nmi, nmi, permutation_null
 from anima_probe.pooling import STRATEGIES
 from anima_probe.runs import REPO_ROOT, new_figure
 from anima_probe.toyworld.captions import TOYWORLD_CAPTIONS
@@ -52,8 +52,8 @@ def score_pooling(X, labels, config: PoolingNMIConfig) -> dict[str, float]:
     labels = np.asarray(labels)
     seeds = tuple(range(config.seed, config.seed + config.kmeans_seeds))
     score = kmeans_nmi(X, labels, seeds=seeds, n_init=config.n_init)
-    null = permutation_null(X, labels, n_perm=config.n_perm, seed=config.seed, n_init=config.n_init)
-    pred = _first_partition(X, len(set(labels)), seeds[0], config.n_init)
+    pred = score.partitions[0]  # the first seed's fit serves the null and the bootstrap: no refit
+    null = permutation_null(X, labels, n_perm=config.n_perm, seed=config.seed, partition=pred)
     low, high = _spread_ci(labels, pred, score.nmi_mean, config)
     return {"nmi": score.nmi_mean, "nmi_sd": score.nmi_sd, "ari": score.ari_mean, "ari_sd": score.ari_sd,
             "nmi_ci_low": low, "nmi_ci_high": high, "null_q95": float(np.quantile(null, 0.95)),
@@ -78,11 +78,6 @@ def _spread_ci(labels: np.ndarray, pred: np.ndarray, centre: float, config: Pool
     q_low, q_high = bootstrap_ci(stat, len(labels), n_boot=config.n_boot, seed=config.seed, alpha=config.alpha)
     mid = float(np.median(boot))
     return max(0.0, centre + q_low - mid), min(1.0, centre + q_high - mid)
-
-
-def _first_partition(X, k: int, seed: int, n_init: int) -> np.ndarray:
-    """The same fit `kmeans_nmi` makes for its first seed (it keeps only the scores)."""
-    return _kmeans(np.asarray(X, dtype=np.float64), k, seed, n_init)
 
 
 def _manifest_path(text: str) -> Path:

@@ -155,3 +155,18 @@ def test_fast_nmi_equals_sklearn_including_limit_cases():
               (np.array(list("aabbc")), np.array([3, 3, 1, 1, 0]))]
     for x, y in cases:
         assert nmi(x, y) == pytest.approx(normalized_mutual_info_score(x, y), abs=1e-12)
+
+
+def test_permutation_null_reuses_a_given_partition_exactly():
+    from anima_probe.metrics import kmeans_nmi, permutation_null
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4)) + np.repeat(np.eye(4)[:3] * 6, 20, axis=0)
+    labels = np.repeat([0, 1, 2], 20)
+    score = kmeans_nmi(X, labels, seeds=(3, 4))
+    assert len(score.partitions) == 2 and score.partitions[0].shape == (60,)
+    refit = permutation_null(X, labels, n_perm=30, seed=3)
+    reused = permutation_null(X, labels, n_perm=30, seed=3, partition=score.partitions[0])
+    assert np.array_equal(refit, reused)
+    with pytest.raises(ValueError, match="partition has shape"):
+        permutation_null(X, labels, partition=score.partitions[0][:10])
