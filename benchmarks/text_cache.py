@@ -56,7 +56,7 @@ def time_pooled(anima, captions: list[str], root: Path) -> dict:
     return {"cold": cold, "warm": warm, "same": same}
 
 
-def time_experiments(anima, root: Path) -> list[dict]:
+def time_experiments(anima, root: Path, overrides: dict[str, list[str]] | None = None) -> list[dict]:
     """Whole runs of the text experiments, cold then warm, each with its own cache folder."""
     from anima_probe import experiment
 
@@ -69,11 +69,47 @@ def time_experiments(anima, root: Path) -> list[dict]:
     for name, exp in sorted(registry.items()):
         if exp.needs_dit:
             continue
-        run = functools.partial(experiment.run, name, anima=anima, results=root / "results",
+        extra = (overrides or {}).get(name, [])
+        run = functools.partial(experiment.run, name, extra, anima=anima, results=root / "results",
                                 cache_dir=root / f"exp-{name}", progress=False, registry=registry)
         cold, _ = _timed(run)
         warm, _ = _timed(run)
-        out.append({"name": name, "version": exp.version, "cold": cold, "warm": warm})
+        out.append({"name": name, "version": exp.version, "cold": cold, "warm": warm, "overrides": extra})
+    return out
+
+
+# The toy encoder is so small that a cold encode costs little more than reading the cache, so the whole text
+# experiments are also timed with a full-size text side: random Qwen3-0.6B + 6-layer adapter in bf16, written
+# in the real file formats and loaded through load_anima (a 2-block DiT rides along; text experiments never run
+# it). The toy tokenizers make captions shorter than real Anima tag captions, so cold encoding is if anything
+# under-counted here. The quality experiments' nulls are cut to FULL_SIZE_OVERRIDES to keep the benchmark
+# to minutes (the null's prompts dominate their cold cost).
+FULL_SIZE_OVERRIDES = {"quality-direction": ["n_null=20"], "quality-resolution": ["n_null=20"]}
+
+
+def full_text_side_folder(out: Path) -> Path:
+    """A model folder with a full-size random text side (Qwen3-0.6B + adapter, bf16) and a minimal DiT."""
+    import shutil
+
+    from anima_probe.checkpoint import ADAPTER_PREFIX, AdapterConfig, DiTConfig, adapter_layout, dit_layout
+    from anima_probe.model import default_model_dir
+    from anima_probe.tiny import random_tensors, write_dit_file, write_qwen3_file
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from text_encoding import qwen3_06b
+
+    for tok in ("qwen25_tokenizer", "t5_tokenizer"):
+        shutil.copytree(default_model_dir() / tok, out / tok)
+    torch.manual_seed(0)
+    write_qwen3_file(out / "text_encoders" / "qwen3-0.6b-random.safetensors", qwen3_06b().to(torch.bfloat16))
+    dit = DiTConfig(hidden=64, num_blocks=2, head_dim=32, mlp_hidden=256, text_dim=1024, adaln_lora_dim=16,
+                    in_channels=16, out_channels=16, patch=2)
+    g = torch.Generator().manual_seed(0)
+    state = random_tensors(dit_layout(dit), g)
+    adapter = AdapterConfig(1024, 1024, 6, 64, 4096, 32128)  # ANIMA.md §1
+    state.update({ADAPTER_PREFIX + k: v for k, v in random_tensors(adapter_layout(adapter), g).items()})
+    write_dit_file(out / "diffusion_models" / "anima-fulltext-random.safetensors",
+                   {k: v.to(torch.bfloat16) for k, v in state.items()}, "net.")
     return out
 
 
@@ -91,6 +127,9 @@ def main() -> None:
         anima = load_anima(with_vae=False)
         pooled = time_pooled(anima, captions, Path(d) / "pooled-bench")
         runs = time_experiments(anima, Path(d))
+        del anima
+        full = load_anima(full_text_side_folder(Path(d) / "fulltext"), dtype=torch.bfloat16, with_vae=False)
+        full_runs = time_experiments(full, Path(d) / "full", FULL_SIZE_OVERRIDES)
     ratio = pooled["cold"][0] / pooled["warm"][0]
     lines = [
         f"Machine: {os.cpu_count()} CPU cores (shared with other jobs), 1 torch thread, "
@@ -105,13 +144,20 @@ def main() -> None:
         rr = r["cold"][0] / r["warm"][0]
         lines.append(f"| whole `experiment.run('{r['name']}')` v{r['version']}, default config | {_fmt(r['cold'])} | "
                      f"{_fmt(r['warm'])} | {rr:.1f}x {'(met)' if rr >= 20 else '(NOT met)'} |")
+    lines += ["", "## Whole text experiments with a full-size text side (random Qwen3-0.6B + adapter, bf16, "
+              "toy caption sets)", "| experiment | overrides | cold CPU s (wall) | warm CPU s (wall) | cold / warm "
+              "(target >= 20x) |", "|---|---|---|---|---|"]
+    for r in full_runs:
+        rr = r["cold"][0] / r["warm"][0]
+        lines.append(f"| `{r['name']}` v{r['version']} | {' '.join(r['overrides']) or 'defaults'} | {_fmt(r['cold'])} | "
+                     f"{_fmt(r['warm'])} | {rr:.1f}x {'(met)' if rr >= 20 else '(NOT met)'} |")
     lines += ["", f"Warm vectors equal the cold ones bit for bit: {pooled['same']}. Cold includes hashing the model "
               "files for the cache key; both exclude model loading (done once). "
               + ("No text experiment (`needs_dit=False`) was found." if not runs else
                  "A whole run also pays for its statistics (KMeans, bootstrap, permutations), which no cache removes."),
-              "", "The toy text encoder is tiny, so encoding costs little more than reading the cache. With the "
-              "full-size Qwen3-0.6B + adapter (text-encoding section: ~0.3-1 CPU s per caption) a cold encode of "
-              f"{len(captions):,} captions costs minutes, against the same warm read."]
+              "", "On the toy model encoding costs little more than reading the cache, so whole runs there are "
+              "dominated by their statistics. The full-size table is the case a user without a GPU meets: there "
+              "the cold run pays for encoding every caption, which the warm rerun skips."]
     update_section(ROOT / "reports" / "performance.md", "text-cache", "\n".join(lines))
     print("\n".join(lines))
 
