@@ -269,13 +269,16 @@ def family_metrics(df: pd.DataFrame, checks: dict[str, float], policies: Sequenc
 
 
 def dose_figure(df: pd.DataFrame, cfgs: Sequence[float], n_boot: int, seed: int):
-    """One panel per (family, policy): mean paired score change against the plain model vs w, one line per CFG
-    scale, 95% bootstrap CI bars; dashed: the p+-in-the-prompt baseline at the same scale."""
+    """One panel per (family, policy), two per row: mean paired score change against the plain model vs w (symlog
+    axis, so the low doses are readable), one line per CFG scale, 95% bootstrap CI bars; dashed: the
+    p+-in-the-prompt baseline at the same scale."""
     panels = df[df.arm == "guided"][["family", "policy"]].drop_duplicates().to_numpy().tolist()
-    fig = new_figure(figsize=(4.2 * len(panels), 3.4), layout="constrained")
+    cols = min(2, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = new_figure(figsize=(4.6 * cols, 3.3 * rows), layout="constrained")
     colours = [f"C{i}" for i in range(len(cfgs))]
     for k, (family, policy) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), k + 1)
+        ax = fig.add_subplot(rows, cols, k + 1)
         sub = df[df.family.isin([family, "none"])]  # "none": the family-free p+ prompt baseline
         for cfg, colour in zip(cfgs, colours, strict=True):
             ws = sorted(sub[(sub.arm == "guided") & (sub.policy == policy) & (sub.cfg == cfg)].w.unique())
@@ -284,9 +287,11 @@ def dose_figure(df: pd.DataFrame, cfgs: Sequence[float], n_boot: int, seed: int)
                         marker="o", ms=3, capsize=2, label=f"CFG {cfg:g}")
             ax.axhline(arm_effect(sub, "p_plus_prompt", cfg, n_boot, seed)[0], color=colour, ls="--", lw=0.8)
         ax.axhline(0.0, color="0.6", lw=0.6)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xticks(ws, [f"{w:g}" for w in ws])
         ax.set_title(f"{family} / {policy}", fontsize=8)
         ax.set_xlabel("guidance weight w")
-        if k == 0:
+        if k % cols == 0:
             ax.set_ylabel("quality score change vs plain model")
         ax.legend(fontsize=7, title="dashed: p+ in prompt", title_fontsize=6)
     return fig
