@@ -177,7 +177,7 @@ def check_committed(reports_dir: str | Path, results: str | Path, tier: str = "t
 
 
 _SECTION = re.compile(r"<!-- begin:([\w.-]+) -->\n(.*?)\n<!-- end:\1 -->", re.S)
-_RATIO = re.compile(r"^(-?\d+(?:\.\d+)?)x\b")
+_RATIO = re.compile(r"^\**(-?\d+(?:\.\d+)?)x\b")  # bold (**2.9x**) counts too
 
 
 def performance_ratios(path: str | Path) -> list[dict[str, Any]]:

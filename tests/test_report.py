@@ -1,0 +1,320 @@
+"""Reports: the staleness rule, report files and their index, notebook hygiene and headless execution, and
+the committed reports / baselines against what the code produces now."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+
+from anima_probe.experiment import discover
+from anima_probe.freshness import STAMP, default_config, ensure_fresh, source_fingerprint, staleness
+from anima_probe.regress import DEFAULT_SOURCE, baseline_path, format_table, gate, load_baseline
+from anima_probe.report import (
+    KERNEL,
+    NOTEBOOKS_DIR,
+    REPORTS_DIR,
+    check_committed,
+    generate,
+    performance_ratios,
+    performance_targets,
+    read_meta,
+    refresh,
+    write_index,
+    write_report,
+)
+from anima_probe.runs import REPO_ROOT, ResultRecord, new_figure, read_run, resolve_latest, write_run
+
+FAKE = '''
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anima_probe.experiment import Experiment, Result
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    seed: int = 0
+    n: int = 3
+
+
+def fn(ctx, config):
+    return Result({"score": 0.5 + 0.01 * config.seed, "err": 1.0 + config.n}, {"score": True, "err": False})
+
+
+EXPERIMENT = Experiment(name="fake", version="{version}", question="Does the fake work?", config=FakeConfig,
+                        fn=fn, needs_dit=False)
+'''
+
+
+def _fake(tmp_path: Path, version: str = "1"):
+    """A one-file experiment registry, a model file and a stand-in for a loaded model (no weights needed)."""
+    (tmp_path / "experiments").mkdir(exist_ok=True)
+    (tmp_path / "experiments" / "fake.py").write_text(FAKE.replace("{version}", version))
+    (tmp_path / "anima_probe").mkdir(exist_ok=True)
+    (tmp_path / "anima_probe" / "mod.py").write_text("X = 1\n")
+    model_file = tmp_path / "dit.safetensors"
+    if not model_file.exists():
+        model_file.write_bytes(b"weights v1")
+    anima = SimpleNamespace(name="fake-model", files={"dit": model_file}, device="cpu")
+    return discover(tmp_path / "experiments"), anima
+
+
+def _fresh(tmp_path, registry, anima, results, **kw):
+    return ensure_fresh(["fake"], registry, anima, results, progress=False, log=lambda _: None, root=tmp_path, **kw)
+
+
+def _files(anima) -> dict[str, str]:
+    from anima_probe.experiment import model_record
+
+    return model_record(anima)["files"]
+
+
+def test_staleness_rule_each_reason(tmp_path):
+    registry, anima = _fake(tmp_path)
+    exp, results = registry["fake"], tmp_path / "results"
+    assert staleness(exp, results, _files(anima), root=tmp_path) == [f"no run of fake under {results}"]
+    first = _fresh(tmp_path, registry, anima, results)["fake"]
+    assert staleness(exp, results, _files(anima), root=tmp_path) == []
+    assert _fresh(tmp_path, registry, anima, results)["fake"] == first  # fresh: reused, not rerun
+
+    registry2, _ = _fake(tmp_path, version="2")  # experiment version
+    assert "version 1 -> 2" in staleness(registry2["fake"], results, _files(anima), root=tmp_path)[0]
+    _fake(tmp_path)  # the version-1 file again
+    (tmp_path / "anima_probe" / "mod.py").write_text("X = 2\n")  # package source
+    assert staleness(exp, results, _files(anima), root=tmp_path) == ["source changed since the run"]
+    (tmp_path / "anima_probe" / "mod.py").write_text("X = 1\n")  # back to the same content: fresh again
+    assert staleness(exp, results, _files(anima), root=tmp_path) == []
+    anima.files["dit"].write_bytes(b"weights v2")  # model file
+    assert staleness(exp, results, _files(anima), root=tmp_path) == ["model files differ (run: fake-model)"]
+    anima.files["dit"].write_bytes(b"weights v1")
+    (first / STAMP).unlink()  # a run made without a stamp (e.g. by an older checkout)
+    assert staleness(exp, results, _files(anima), root=tmp_path) == [f"no {STAMP} source stamp"]
+
+
+def test_a_run_with_overrides_is_stale_and_gets_rerun_with_defaults(tmp_path):
+    from anima_probe.experiment import run
+
+    registry, anima = _fake(tmp_path)
+    results = tmp_path / "results"
+    run("fake", ["n=5"], anima=anima, results=results, progress=False, registry=registry)
+    reasons = staleness(registry["fake"], results, _files(anima), root=tmp_path)
+    assert reasons[0] == "config differs from the defaults in ['n']"
+    fresh = _fresh(tmp_path, registry, anima, results)["fake"]
+    assert read_run(fresh).config == default_config(registry["fake"]) == {"seed": 0, "n": 3}
+    assert read_run(fresh).metrics == {"score": 0.5, "err": 4.0}
+
+
+def test_source_fingerprint_follows_content_not_mtime(tmp_path):
+    registry, _ = _fake(tmp_path)
+    exp, before = registry["fake"], source_fingerprint(registry["fake"], tmp_path)
+    os.utime(tmp_path / "experiments" / "fake.py", (1, 1))
+    assert source_fingerprint(exp, tmp_path) == before
+    (tmp_path / "experiments" / "fake.py").write_text(FAKE.replace("{version}", "1") + "# edit\n")
+    assert source_fingerprint(exp, tmp_path) != before
+
+
+def _record(metrics: dict[str, float], name: str = "fake", dit: str = "a" * 64) -> ResultRecord:
+    return ResultRecord(name, "1", {"seed": 0}, metrics, {k: True for k in metrics}, git_hash="0123abcd",
+                        model={"name": "fake-model", "files": {"dit": dit}}, env={"device": "cpu", "torch": "x"})
+
+
+def test_write_report_header_meta_figures_and_index(tmp_path):
+    run_dir = write_run(tmp_path / "results", _record({"acc": 0.75, "gap": 2.5}))
+    (run_dir / "plot.png").write_bytes(b"not really a png")
+    fig = new_figure(figsize=(2, 2))
+    fig.add_subplot(1, 1, 1).plot([0, 1], [0, 1])
+    reports = tmp_path / "reports"
+    path = write_report("fake-report", run_dir, title="A fake report", sections=["Some text."], question="Why?",
+                        figures={"made": (fig, "made here"), "copied": (run_dir / "plot.png", "from the run")},
+                        headline=["acc 0.75"], notebook="notebooks/fake.ipynb", reports_dir=reports)
+    text = path.read_text()
+    assert "**Generated - do not edit.**" in text and "`anima-probe report`" in text
+    assert "code git `0123abcd`" in text and "Model `fake-model`" in text and f"dit `{'a' * 16}`" in text
+    assert "![made here](figures/fake-report_made.png)" in text
+    assert (reports / "figures/fake-report_copied.png").read_bytes() == b"not really a png"
+    assert (reports / "figures/fake-report_made.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| `acc` | 0.7500 | higher |" in text
+    meta = read_meta(path)
+    assert meta["metrics"] == {"acc": 0.75, "gap": 2.5} and meta["headline"] == ["acc 0.75"]
+    (reports / "notes.md").write_text("# hand written, no metadata\n")
+    index = write_index(reports).read_text()
+    assert "| [A fake report](fake-report.md) | Why? | acc 0.75 |" in index
+    assert "notes.md" not in index and "Generated - do not edit" in index
+
+
+def test_damaged_meta_names_the_file(tmp_path):
+    path = tmp_path / "x.md"
+    path.write_text('<!-- anima-probe:report {"broken": } -->\n')
+    with pytest.raises(ValueError, match=r"x.md: damaged anima-probe:report comment"):
+        read_meta(path)
+
+
+def test_check_committed_within_tolerance_moved_and_other_model(tmp_path):
+    base = {"experiment": "fake", "version": "1", "metrics": {
+        "acc": {"value": 0.0, "abs_tol": 0.02, "rel_tol": 0.0, "higher_is_better": True, "tolerance_source": "t"}}}
+    path = baseline_path("toy", "fake", tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(base))
+    committed = write_run(tmp_path / "old", _record({"acc": 0.80}))
+    write_report("fake", committed, title="t", sections=[], question="q", notebook="n", reports_dir=tmp_path / "r")
+    results = tmp_path / "results"
+    write_run(results, _record({"acc": 0.81}))  # within 0.02 of what the report states
+    assert [c.status for c in check_committed(tmp_path / "r", results, "toy", tmp_path)["fake.md"]] == ["ok"]
+    write_run(results, _record({"acc": 0.70}))
+    checks = check_committed(tmp_path / "r", results, "toy", tmp_path)["fake.md"]
+    assert [(c.key, c.status) for c in checks] == [("acc", "regressed")] and gate(checks) == 1
+    write_run(results, _record({"acc": 0.80}, dit="b" * 64))
+    assert check_committed(tmp_path / "r", results, "toy", tmp_path)["fake.md"][0].status == "model-mismatch"
+
+
+def test_performance_ratios_and_targets(tmp_path):
+    path = tmp_path / "performance.md"
+    path.write_text(textwrap.dedent("""\
+        # Performance
+        <!-- begin:bench -->
+        Generated by `python benchmarks/bench.py`.
+        ## Speed
+        | what | a | b | a / b (target >= 2x) |
+        |---|---|---|---|
+        | thing | 1 s | 3 s | 0.33x (NOT met) |
+        | other | 4 s | 1 s | 4x (met) |
+
+        Overall: target met. Not a ratio: 12 s.
+        <!-- end:bench -->
+        """))
+    ratios = performance_ratios(path)
+    assert [(r["row"], r["value"], r["command"], r["table"]) for r in ratios] == [
+        ("thing", 0.33, "python benchmarks/bench.py", "Speed"), ("other", 4.0, "python benchmarks/bench.py", "Speed")]
+    assert performance_targets(path) == [("bench", "thing: 0.33x (NOT met)"), ("bench", "other: 4x (met)"),
+                                         ("bench", "Overall: target met.")]
+
+
+NOTEBOOK_CODE = '''
+import sys
+from anima_probe.report import load_run, write_report
+assert sys.executable == {exe!r}, sys.executable  # the project's kernel: this interpreter
+record = load_run(run_dir)
+assert record.metrics["score"] == {score}
+write_report("fake", run_dir, title="Fake", sections=[f"score {{record.metrics['score']}}"], question="q?",
+             headline=[f"score {{record.metrics['score']}}"], notebook="fake.ipynb", reports_dir=reports_dir,
+             command=command)
+'''
+
+
+def _notebook(path: Path, score: float) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('run_dir = None\nreports_dir = "reports"\ncommand = "x"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Fake"), params,
+                nbformat.v4.new_code_cell(NOTEBOOK_CODE.format(score=score, exe=sys.executable))]
+    nbformat.write(nb, path)
+
+
+def test_generate_runs_stale_experiments_and_executes_notebooks_headless(tmp_path):
+    registry, anima = _fake(tmp_path)
+    notebooks, results, reports = tmp_path / "nb", tmp_path / "results", tmp_path / "reports"
+    notebooks.mkdir()
+    _notebook(notebooks / "fake.ipynb", 0.5)
+    executed = generate(results=results, reports_dir=reports, notebooks_dir=notebooks, registry=registry,
+                        anima=anima, progress=False, log=lambda _: None, command="anima-probe report")
+    assert resolve_latest(results, "fake") is not None  # the experiment was stale (never run) and ran
+    assert read_meta(reports / "fake.md")["metrics"]["score"] == 0.5
+    assert "score 0.5" in (reports / "README.md").read_text()
+    out = nbformat.read(executed[0], as_version=4)
+    assert out.metadata.papermill.parameters["run_dir"] == str(resolve_latest(results, "fake"))
+    _notebook(notebooks / "fake.ipynb", 0.25)  # a notebook whose assertion fails
+    with pytest.raises(RuntimeError, match=r"fake.ipynb failed in cell .*AssertionError"):
+        generate(results=results, reports_dir=reports, notebooks_dir=notebooks, registry=registry, anima=anima,
+                 progress=False, log=lambda _: None)
+
+
+# ---------------------------------------------------------------- the committed notebooks, reports, baselines
+
+
+def test_notebooks_are_committed_clean_and_cover_every_experiment():
+    import papermill
+
+    registry = discover()
+    paths = {p.stem: p for p in NOTEBOOKS_DIR.glob("*.ipynb")}
+    assert set(registry) <= set(paths), f"experiments without a notebook: {sorted(set(registry) - set(paths))}"
+    for name, path in paths.items():
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata.kernelspec.name == KERNEL, path
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path}: needs exactly one cell tagged 'parameters'"
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, f"{path}: commit without outputs"
+        assert nb.cells[0].cell_type == "markdown" and "**Question.**" in nb.cells[0].source, path
+        declared = papermill.inspect_notebook(str(path))
+        assert {"reports_dir", "command"} <= set(declared), path
+        if name in registry:
+            assert "run_dir" in declared, f"{path}: an experiment notebook takes run_dir"
+
+
+def test_every_experiment_has_a_measured_toy_baseline_for_its_defaults():
+    for name, exp in discover().items():
+        path = baseline_path("toy", name)
+        assert path.exists(), f"no {path}: run `anima-probe regress --tier toy --measure {name}`"
+        base = load_baseline(path)
+        assert base["version"] == exp.version, f"{path}: version {base['version']}, experiment {exp.version}"
+        assert base["config"] == default_config(exp), f"{path}: recorded for another config; re-measure"
+        assert base["model"]["name"] == "anima-toyworld", path
+        for key, entry in base["metrics"].items():
+            assert entry["tolerance_source"] != DEFAULT_SOURCE, f"{path}: {key} has an unmeasured tolerance"
+
+
+@pytest.mark.slow
+def test_committed_reports_match_what_the_code_produces_now():
+    """Reruns every stale experiment on the toy world (fresh runs from `make reports` are reused) and compares
+    the metrics each committed report states with them, within the toy baselines' tolerances."""
+    results = Path(os.environ.get("ANIMA_PROBE_RESULTS", REPO_ROOT / "results"))
+    refresh(results=results, progress=False, log=lambda _: None)
+    checks = check_committed(REPORTS_DIR, results, "toy")
+    reported = {read_meta(REPORTS_DIR / name)["experiment"] for name in checks}
+    assert reported == set(discover()), f"experiments without a committed report: {set(discover()) - reported}"
+    failing = {name: format_table(c) for name, c in checks.items() if gate(c)}
+    assert not failing, "committed reports are out of date; run `make reports`:\n" + "\n".join(
+        f"{k}\n{v}" for k, v in failing.items())
+
+
+# ---------------------------------------------------------------- GPU machines (skipped where there is no CUDA)
+
+
+@pytest.mark.gpu
+def test_toyworld_evidence_on_cuda_still_recognises_artists():
+    import torch
+
+    from anima_probe.experiment import run
+    from anima_probe.model import load_anima
+
+    anima = load_anima(device="cuda", dtype=torch.float32, with_vae=False)
+    small = {"artists": 4, "classifier_images": 600, "steps": 12}
+    run_dir = run("toyworld-evidence", small, anima=anima, results=REPO_ROOT / "results" / "gpu-check", progress=False)
+    m = read_run(run_dir).metrics
+    assert m["accuracy/artist"] >= 3 * m["chance/artist"] and m["quality/gap_mean"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_anima_tier_gate_on_the_real_weights():
+    """On a GPU machine with the real files: ANIMA_MODEL_DIR=/path/to/models pytest -m gpu (see README)."""
+    from anima_probe.gate import check_tier, tier_names
+
+    model = os.environ.get("ANIMA_MODEL_DIR")
+    if not model:
+        pytest.skip("set ANIMA_MODEL_DIR to the real Anima model folder to gate the anima tier")
+    results = REPO_ROOT / "results" / "anima"
+    refresh(model, results=results, device="cuda", progress=False, log=lambda _: None)
+    checks = check_tier("anima", results, tier_names("anima"))
+    failing = {name: format_table(c) for name, c in checks.items() if gate(c)}
+    assert not failing, "\n".join(f"{k}\n{v}" for k, v in failing.items())
