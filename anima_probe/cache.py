@@ -2,9 +2,9 @@
 
 Pooled text vectors are cached on disk, one small safetensors file per prompt, under a folder keyed by the
 sha256 of every file that shapes them (DiT file: it holds the LLM adapter; Qwen3 file; both tokenizer folders),
-the dtype, the empty-prompt policy and the pooling strategies. Changing any of them changes the key, so a stale
-vector is never read. Each entry is written atomically, so an interrupted run keeps what it finished and a rerun
-encodes only the rest; an unreadable entry is recomputed.
+the dtype, the empty-prompt policy, the pooling strategies and the code that encodes and pools. Changing any of
+them changes the key, so a stale vector is never read. Each entry is written atomically, so an interrupted run
+keeps what it finished and a rerun encodes only the rest; an unreadable entry is recomputed.
 
 File hashes of multi-GB checkpoints are memoised by (path, size, mtime) in ``hashes.json`` next to the cache.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -71,6 +72,16 @@ def fingerprint(path: str | Path) -> str:
     return out
 
 
+def _code_hash() -> str:
+    """sha256 of the code that makes an entry (encoding, pooling, this file): a fix there must not read old vectors."""
+    from anima_probe import pooling, text
+
+    digest = hashlib.sha256()
+    for module in (pooling, text, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()
+
+
 class EmbeddingCache:
     """Pooled `prompt_embeds` / `crossattn_emb` vectors of one model, on disk."""
 
@@ -80,7 +91,8 @@ class EmbeddingCache:
             raise ValueError(f"the model has no file for {missing}; the cache key needs every text-side file")
         self.anima, self.empty_prompt, self.batch_size = anima, empty_prompt, batch_size
         material = {"version": CACHE_VERSION, "dtype": str(anima.dtype), "empty_prompt": empty_prompt,
-                    "strategies": sorted(STRATEGIES), "files": {r: fingerprint(anima.files[r]) for r in TEXT_ROLES}}
+                    "strategies": sorted(STRATEGIES), "files": {r: fingerprint(anima.files[r]) for r in TEXT_ROLES},
+                    "code": _code_hash()}
         key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
         self.dir = Path(root) / "pooled" / key[:20]
         if not (self.dir / "key.json").exists():

@@ -120,7 +120,6 @@ def _run(args) -> int:
     import torch
 
     from anima_probe.experiment import discover, get, run
-    from anima_probe.freshness import source_fingerprint, write_stamp
     from anima_probe.model import load_anima
     from anima_probe.runs import read_run
 
@@ -132,9 +131,7 @@ def _run(args) -> int:
     anima = load_anima(args.model, device=args.device, dtype=dtype, with_vae=False, **files)
     for name in names:
         overrides = args.overrides if args.experiment != "all" else []
-        source = source_fingerprint(registry[name])  # taken before the run: see anima_probe.freshness
         run_dir = run(name, overrides, anima=anima, results=args.results, progress=not args.quiet, registry=registry)
-        write_stamp(run_dir, registry[name], source)  # lets `anima-probe report` reuse a default-config run
         record = read_run(run_dir)
         print(f"{name}: {run_dir}")
         for key, value in record.metrics.items():
@@ -253,7 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("regress", help="the regression gate: latest runs vs reports/baselines/<tier>/")
     gate.add_arguments(p)
     p.set_defaults(fn=gate.cli)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options (`run exp --quiet k=v`), which argparse leaves unparsed
+    if extra and (not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if getattr(args, "experiment", None) == "all" and args.overrides:
         parser.error("overrides apply to one experiment; run them one at a time")
     return args.fn(args)

@@ -145,12 +145,14 @@ def model_record(anima) -> dict[str, Any]:
 def run(name: str, overrides: list[str] | dict | None = None, *, anima=None, model: str | Path | None = None,
         files: dict[str, str] | None = None, results: str | Path = "results", cache_dir: str | Path | None = None,
         device: str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
-        registry: dict[str, Experiment] | None = None) -> Path:
-    """Run one experiment and write its numbered run folder; returns the folder."""
+        registry: dict[str, Experiment] | None = None, source_root: str | Path = REPO_ROOT) -> Path:
+    """Run one experiment and write its numbered run folder (stamped with its source, see freshness); returns it."""
     from anima_probe.cache import default_cache_dir
+    from anima_probe.freshness import source_fingerprint, write_stamp
     from anima_probe.model import load_anima
 
     exp = get(name, registry)
+    source = source_fingerprint(exp, source_root)  # taken before the run: a file edited while it runs is not its source
     config = apply_overrides(exp.config(), overrides or [])
     if anima is None:
         anima = load_anima(model, device=device, dtype=dtype, with_vae=False, **(files or {}))
@@ -159,4 +161,6 @@ def run(name: str, overrides: list[str] | dict | None = None, *, anima=None, mod
     result = exp.fn(ctx, config)
     record = ResultRecord.create(exp.name, exp.version, dataclasses.asdict(config), result.metrics,
                                  result.higher_is_better, model=model_record(anima), device=str(anima.device))
-    return write_run(results, record, figures=result.figures, extra_files=result.tables)
+    run_dir = write_run(results, record, figures=result.figures, extra_files=result.tables)
+    write_stamp(run_dir, exp, source, source_root)  # lets `anima-probe report` reuse a default-config run (anima_probe.freshness)
+    return run_dir

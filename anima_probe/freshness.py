@@ -121,12 +121,10 @@ def ensure_fresh(names: list[str], registry: dict, anima, results: str | Path, *
     out = {}
     for name in names:
         exp = registry[name]
-        source = source_fingerprint(exp, root)
-        reasons = ["forced"] if force else staleness(exp, results, files, source, root)
+        reasons = ["forced"] if force else staleness(exp, results, files, source_fingerprint(exp, root), root)
         if reasons:
             log(f"{name}: running ({'; '.join(reasons)})")
-            run_dir = run(name, [], anima=anima, results=results, progress=progress, registry=registry)
-            write_stamp(run_dir, exp, source)
+            run(name, [], anima=anima, results=results, progress=progress, registry=registry, source_root=root)
         else:
             log(f"{name}: fresh, reusing {resolve_latest(results, name)}")
         out[name] = resolve_latest(results, name)

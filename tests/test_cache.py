@@ -77,3 +77,9 @@ def test_an_interrupted_fill_keeps_finished_chunks(tmp_path, tiny_anima, monkeyp
     assert sum(c._path(p).exists() for p in prompts) == 4
     monkeypatch.setattr(EmbeddingCache, "_encode", real)
     assert c.pooled(prompts, progress=False)["crossattn_emb/eos"].shape[0] == 8
+
+
+def test_key_changes_when_the_pooling_code_changes(tmp_path, tiny_anima, monkeypatch):
+    base = EmbeddingCache(tmp_path, tiny_anima).dir
+    monkeypatch.setattr(cache_mod, "_code_hash", lambda: "another pooling implementation")
+    assert EmbeddingCache(tmp_path, tiny_anima).dir != base

@@ -86,3 +86,6 @@ def test_run_writes_a_numbered_folder_with_model_hashes(tmp_path, tiny_anima):
     assert record["config"] == {"seed": 0, "scale": 0.5} and record["version"] == "3"
     assert record["model"]["files"]["dit"] == sha256_file(tiny_anima.files["dit"])
     assert json.loads((first / "config.json").read_text())["config"]["scale"] == 0.5
+    from anima_probe.freshness import read_stamp, source_fingerprint
+
+    assert read_stamp(first) == source_fingerprint(registry["alpha"])  # API runs are stamped like CLI runs
