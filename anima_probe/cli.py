@@ -258,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     if getattr(args, "experiment", None) == "all" and args.overrides:
         parser.error("overrides apply to one experiment; run them one at a time")
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (KeyError, ValueError, FileNotFoundError) as err:  # bad input: a clear line, not a traceback
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"anima-probe {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
