@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fakes import fake_experiment
 
 from anima_probe.regress import (
     DEFAULT_SOURCE,
@@ -157,22 +158,6 @@ def test_cli_update_then_check_then_regress(tmp_path, capsys):
 
 # ---------------------------------------------------------------- the tier-wide gate (anima_probe.gate)
 
-FAKE = """
-from dataclasses import dataclass
-from anima_probe.experiment import Experiment, Result
-
-@dataclass(frozen=True)
-class FakeConfig:
-    seed: int = 0
-    n: int = 3
-
-def fn(ctx, config):
-    return Result({"score": 0.5 + 0.01 * config.seed, "err": 1.0 + config.n}, {"score": True, "err": False})
-
-EXPERIMENT = Experiment(name="fake", version="1", question="q", config=FakeConfig, fn=fn, needs_dit=False)
-"""
-
-
 @pytest.fixture
 def fake(tmp_path):
     """(registry, stand-in model, results dir, repo root) for one seed-dependent fake experiment."""
@@ -181,7 +166,7 @@ def fake(tmp_path):
     from anima_probe.experiment import discover
 
     (tmp_path / "experiments").mkdir()
-    (tmp_path / "experiments" / "fake.py").write_text(FAKE)
+    (tmp_path / "experiments" / "fake.py").write_text(fake_experiment())
     (tmp_path / "dit.safetensors").write_bytes(b"weights")
     anima = SimpleNamespace(name="fake-model", files={"dit": tmp_path / "dit.safetensors"}, device="cpu")
     return discover(tmp_path / "experiments"), anima, tmp_path / "results", tmp_path

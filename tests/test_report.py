@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import nbformat
 import pytest
+from fakes import fake_experiment
 
 from anima_probe.experiment import discover
 from anima_probe.freshness import STAMP, default_config, ensure_fresh, source_fingerprint, staleness
@@ -31,33 +32,11 @@ from anima_probe.report import (
 )
 from anima_probe.runs import REPO_ROOT, ResultRecord, new_figure, read_run, resolve_latest, write_run
 
-FAKE = '''
-from __future__ import annotations
-
-from dataclasses import dataclass
-
-from anima_probe.experiment import Experiment, Result
-
-
-@dataclass(frozen=True)
-class FakeConfig:
-    seed: int = 0
-    n: int = 3
-
-
-def fn(ctx, config):
-    return Result({"score": 0.5 + 0.01 * config.seed, "err": 1.0 + config.n}, {"score": True, "err": False})
-
-
-EXPERIMENT = Experiment(name="fake", version="{version}", question="Does the fake work?", config=FakeConfig,
-                        fn=fn, needs_dit=False)
-'''
-
 
 def _fake(tmp_path: Path, version: str = "1"):
     """A one-file experiment registry, a model file and a stand-in for a loaded model (no weights needed)."""
     (tmp_path / "experiments").mkdir(exist_ok=True)
-    (tmp_path / "experiments" / "fake.py").write_text(FAKE.replace("{version}", version))
+    (tmp_path / "experiments" / "fake.py").write_text(fake_experiment(version))
     (tmp_path / "anima_probe").mkdir(exist_ok=True)
     (tmp_path / "anima_probe" / "mod.py").write_text("X = 1\n")
     model_file = tmp_path / "dit.safetensors"
@@ -117,7 +96,7 @@ def test_source_fingerprint_follows_content_not_mtime(tmp_path):
     exp, before = registry["fake"], source_fingerprint(registry["fake"], tmp_path)
     os.utime(tmp_path / "experiments" / "fake.py", (1, 1))
     assert source_fingerprint(exp, tmp_path) == before
-    (tmp_path / "experiments" / "fake.py").write_text(FAKE.replace("{version}", "1") + "# edit\n")
+    (tmp_path / "experiments" / "fake.py").write_text(fake_experiment() + "# edit\n")
     assert source_fingerprint(exp, tmp_path) != before
 
 
