@@ -167,11 +167,23 @@ def test_performance_ratios_and_targets(tmp_path):
         | other | 4 s | 1 s | 4x (met) |
 
         Overall: target met. Not a ratio: 12 s.
+
+        **bigger model**
+
+        | what | ratio |
+        |---|---|
+        | thing | **2.5x** |
         <!-- end:bench -->
+        <!-- begin:summary -->
+        | section | ratio |
+        |---|---|
+        | bench | 0.33x |
+        <!-- end:summary -->
         """))
     ratios = performance_ratios(path)
     assert [(r["row"], r["value"], r["command"], r["table"]) for r in ratios] == [
-        ("thing", 0.33, "python benchmarks/bench.py", "Speed"), ("other", 4.0, "python benchmarks/bench.py", "Speed")]
+        ("thing", 0.33, "python benchmarks/bench.py", "Speed"), ("other", 4.0, "python benchmarks/bench.py", "Speed"),
+        ("thing", 2.5, "python benchmarks/bench.py", "Speed: bigger model")]  # not the summary's own rows
     assert performance_targets(path) == [("bench", "thing: 0.33x (NOT met)"), ("bench", "other: 4x (met)"),
                                          ("bench", "Overall: target met.")]
 
