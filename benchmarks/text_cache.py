@@ -154,9 +154,11 @@ def main() -> None:
     lines += ["", f"Warm vectors equal the cold ones bit for bit: {pooled['same']}. Cold includes hashing the model "
               "files for the cache key; both exclude model loading (done once). "
               + ("No text experiment (`needs_dit=False`) was found." if not runs else
-                 "A whole run also pays for its statistics (KMeans, bootstrap, permutations), which no cache removes."),
+                 "pooling-nmi's per-pooling statistics (KMeans fits, bootstrap, permutation null) are also kept, "
+                 "keyed by the pooled vectors' values, the config and the statistics' code (`Context.memoized`); "
+                 "the quality experiments' nulls are plain numpy on the pooled table and are recomputed."),
               "", "On the toy model encoding costs little more than reading the cache, so whole runs there are "
-              "dominated by their statistics. The full-size table is the case a user without a GPU meets: there "
+              "dominated by the fixed costs of a run (figures, tables, writing the run folder). The full-size table is the case a user without a GPU meets: there "
               "the cold run pays for encoding every caption, which the warm rerun skips."]
     update_section(ROOT / "reports" / "performance.md", "text-cache", "\n".join(lines))
     print("\n".join(lines))

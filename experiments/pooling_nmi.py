@@ -98,7 +98,8 @@ def fn(ctx: Context, config: PoolingNMIConfig) -> Result:
             raise ValueError(f"artist_tag_regex {config.artist_tag_regex!r} matches no tag in {config.manifest}; "
                              "set it to your artist tags or pass ablation=false")
     table = pooled_table(ctx, [c for captions in variants.values() for c in captions])
-    scores = {(v, key): score_pooling(table.get(key, captions), labels, config)
+    score = ctx.memoized(score_pooling)  # a warm rerun skips the KMeans fits, the bulk of this experiment's time
+    scores = {(v, key): score(table.get(key, captions), labels, config)
               for v, captions in variants.items() for key in _poolings()}
     metrics, better = {}, {}
     for (v, key), stats in scores.items():

@@ -139,6 +139,23 @@ def test_pooling_nmi_on_tiny_twin_writes_every_key_in_range(tiny_anima, tmp_path
     assert len((out / "pooling_nmi.csv").read_text().splitlines()) == 1 + 20
 
 
+def test_pooling_nmi_warm_rerun_fits_no_kmeans_and_a_changed_statistic_refits(tiny_anima, tmp_path, monkeypatch):
+    from sklearn.cluster import KMeans
+
+    fits = []
+    fit_predict = KMeans.fit_predict
+    monkeypatch.setattr(KMeans, "fit_predict", lambda self, X, *a, **k: fits.append(1) or fit_predict(self, X, *a, **k))
+    overrides = {**SMALL_NMI, "manifest": str(_caption_set(tmp_path / "c.csv"))}
+    _, cold = _run(tiny_anima, tmp_path, "pooling-nmi", overrides)
+    n_cold = len(fits)
+    assert n_cold == 2 * 10 * SMALL_NMI["kmeans_seeds"]  # variants x poolings x seeds
+    _, warm = _run(tiny_anima, tmp_path, "pooling-nmi", overrides)
+    assert len(fits) == n_cold and warm["metrics"] == cold["metrics"]
+    _, more_perm = _run(tiny_anima, tmp_path, "pooling-nmi", {**overrides, "n_perm": 30})
+    assert len(fits) == 2 * n_cold  # a different config is a different key: every pooling is scored again
+    assert more_perm["metrics"]["nmi/crossattn_emb/max_padded"] == cold["metrics"]["nmi/crossattn_emb/max_padded"]
+
+
 def test_pooling_nmi_refuses_a_regex_that_matches_nothing(tiny_anima, tmp_path):
     manifest = _caption_set(tmp_path / "c.csv")
     with pytest.raises(ValueError, match="matches no tag"):
