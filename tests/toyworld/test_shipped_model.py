@@ -34,7 +34,7 @@ def test_shortened_rebuild_is_deterministic_and_resumes_exactly(tmp_path):
     torch.save(state, tmp_path / "b/run/checkpoint.pt")
     train_toy_world(tmp_path / "b", cfg, progress=False)
     losses = [[r["loss"] for r in csv.DictReader(open(tmp_path / d / "run/loss.csv"))] for d in ("a", "b")]
-    assert len(losses[0]) == 4 and losses[0][:2] == losses[1][:2]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]  # the resumed steps 2-3 match digit for digit
 
 
 def test_training_profiles_build_the_shipped_architecture():
