@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,11 +70,13 @@ class ToyConfig:
 
 # Named training budgets (DiT-style size dict, used as CLI choices). "gpu" is what the shipped model used (351 s on an
 # H100). "cpu" is sized for the 45-minute budget of a 2-core machine: same architecture and data, a quarter of the
-# batch; a batch-64 step measured 2.05 s on 2 threads here, so 1,200 steps project to 41 min. A full cpu-profile run
-# and the quality of its samples have not been measured yet.
+# batch, 1,200 steps (a batch-64 step takes about 2 s on 2 threads; benchmarks/toy_cpu_budget.py measures the whole
+# run). Its EMA decay is shorter: at 0.999 the average still holds 0.999^1200 = 30 % of the initial (identity)
+# weights at the last step, and a measured cpu run with it drew artists at 0.15 accuracy while its last raw weights
+# reached 0.91 (data/toyworld/README.md). At 0.995 the window is ~200 steps and the initial share 0.2 %.
 PROFILES = {
     "gpu": ToyConfig(steps=3500),
-    "cpu": ToyConfig(steps=1200, batch_size=64, warmup=100, checkpoint_every=200, bf16=False),
+    "cpu": ToyConfig(steps=1200, batch_size=64, warmup=100, checkpoint_every=200, bf16=False, ema_decay=0.995),
 }
 
 
@@ -179,4 +182,23 @@ def save_model_folder(model_dir: Path, transformer, adapter, cfg: ToyConfig, qwe
     write_dit_file(model_dir / DIT_FILE, state, "net.", {"format": "anima-toyworld", "config": json.dumps(asdict(cfg))})
     write_qwen3_file(model_dir / TEXT_ENCODER_FILE, qwen.cpu())
     (model_dir / "toyworld.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    return model_dir
+
+
+def checkpoint_model_folder(out_dir: Path, model_dir: Path, ema: bool = True) -> Path:
+    """A model folder from a training run's last checkpoint (`out_dir/run/checkpoint.pt`): its EMA weights (what
+    training ships) or, with ema=False, the last step's raw weights, to see what the EMA adds. The frozen text
+    encoder and the tokenizers are copied from `out_dir/model`."""
+    out_dir, model_dir = Path(out_dir), Path(model_dir)
+    ckpt = out_dir / "run" / "checkpoint.pt"
+    if (state := training.load_checkpoint(ckpt)) is None:
+        raise FileNotFoundError(f"{ckpt}: no checkpoint; train into {out_dir} first (anima-probe train-toy)")
+    cfg = ToyConfig(**state["config"])
+    transformer, adapter = _models(cfg, state["adapter"]["embed.weight"].shape[0], torch.device("cpu"))
+    prefix = "ema_" if ema else ""
+    transformer.load_state_dict(state[prefix + "transformer"])
+    adapter.load_state_dict(state[prefix + "adapter"])
+    shutil.copytree(out_dir / "model", model_dir, dirs_exist_ok=True)
+    state = {k: v.to(torch.bfloat16) for k, v in dit_file_state(transformer, adapter, cfg.dit()).items()}
+    write_dit_file(model_dir / DIT_FILE, state, "net.", {"format": "anima-toyworld", "config": json.dumps(asdict(cfg))})
     return model_dir

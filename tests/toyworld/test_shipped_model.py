@@ -7,11 +7,12 @@ import json
 from dataclasses import asdict, replace
 
 import torch
+from safetensors.torch import load_file
 
 from anima_probe.model import default_model_dir, load_anima
 from anima_probe.sampling import sample_euler, simple_sigmas
 from anima_probe.text import encode_prompts
-from anima_probe.toyworld.train import ToyConfig, train_toy_world
+from anima_probe.toyworld.train import DIT_FILE, ToyConfig, checkpoint_model_folder, train_toy_world
 
 
 def test_shipped_model_loads_and_samples_in_range():
@@ -35,6 +36,13 @@ def test_shortened_rebuild_is_deterministic_and_resumes_exactly(tmp_path):
     train_toy_world(tmp_path / "b", cfg, progress=False)
     losses = [[r["loss"] for r in csv.DictReader(open(tmp_path / d / "run/loss.csv"))] for d in ("a", "b")]
     assert len(losses[0]) == 4 and losses[0] == losses[1]  # the resumed steps 2-3 match digit for digit
+    # The checkpoint rebuilds the written model folder (EMA), and its raw weights differ from it.
+    shipped = load_file(tmp_path / "a/model" / DIT_FILE)
+    ema = load_file(checkpoint_model_folder(tmp_path / "a", tmp_path / "ema") / DIT_FILE)
+    raw = load_file(checkpoint_model_folder(tmp_path / "a", tmp_path / "raw", ema=False) / DIT_FILE)
+    assert shipped.keys() == ema.keys() == raw.keys() and all(torch.equal(shipped[k], ema[k]) for k in shipped)
+    assert any(not torch.equal(shipped[k], raw[k]) for k in shipped)
+    assert load_anima(tmp_path / "raw", with_vae=False).dit_config.hidden == cfg.hidden  # loads as a model folder
 
 
 def test_training_profiles_build_the_shipped_architecture():
