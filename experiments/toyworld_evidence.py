@@ -69,6 +69,26 @@ def _grid_figure(samples: np.ndarray, rows: int, cols: int):
     return fig
 
 
+def _pairs_figure(plus: np.ndarray, minus: np.ndarray, plus_scores: np.ndarray, minus_scores: np.ndarray,
+                  cols: int = 12):
+    """Pairs in blocks of `cols`: a p+ row over the p- row of the same seed and prompt; titles are the scores."""
+    n = len(plus)
+    cols = min(cols, n)
+    blocks = -(-n // cols)
+    fig = new_figure(figsize=(0.8 * cols, 2.0 * blocks), layout="constrained")
+    for i in range(n):
+        block, col = divmod(i, cols)
+        for side, (images, scores, label) in enumerate(((plus, plus_scores, "p+"), (minus, minus_scores, "p-"))):
+            ax = fig.add_subplot(2 * blocks, cols, (2 * block + side) * cols + col + 1)
+            ax.imshow(images[i])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{scores[i]:.1f}", fontsize=6, pad=1)
+            if col == 0:
+                ax.set_ylabel(label, fontsize=8)
+    return fig
+
+
 def _pairs_csv(base: list[str], plus: np.ndarray, minus: np.ndarray) -> str:
     buf = io.StringIO()
     buf.write("prompt,score_plus,score_minus\n")
@@ -88,8 +108,9 @@ def evidence(ctx: Context, cfg: ToyworldEvidenceConfig) -> Result:
     prompts = [f"score_8, {', '.join(CONTENT_TAGS[c])}, {a}" for a, c in grid]
     samples = sample(ctx.anima, prompts, cfg.seed, cfg, ctx.progress)
     base = [f"{', '.join(CONTENT_TAGS[c])}, {a}" for a, c in grid[:: cfg.pair_every]]
-    plus = quality_score(sample(ctx.anima, [f"{cfg.p_plus}, {b}" for b in base], cfg.seed + 1, cfg, ctx.progress))
-    minus = quality_score(sample(ctx.anima, [f"{cfg.p_minus}, {b}" for b in base], cfg.seed + 1, cfg, ctx.progress))
+    plus_images = sample(ctx.anima, [f"{cfg.p_plus}, {b}" for b in base], cfg.seed + 1, cfg, ctx.progress)
+    minus_images = sample(ctx.anima, [f"{cfg.p_minus}, {b}" for b in base], cfg.seed + 1, cfg, ctx.progress)
+    plus, minus = quality_score(plus_images), quality_score(minus_images)
     gap = plus - minus
     metrics = {
         "accuracy/artist": artist_clf.accuracy(samples, [a for a, _ in grid]),
@@ -106,7 +127,8 @@ def evidence(ctx: Context, cfg: ToyworldEvidenceConfig) -> Result:
     return Result(
         metrics=metrics,
         higher_is_better={k: k not in lower for k in metrics},
-        figures={"grid": _grid_figure(samples, cfg.artists, len(CONTENT_TYPES))},
+        figures={"grid": _grid_figure(samples, cfg.artists, len(CONTENT_TYPES)),
+                 "pairs": _pairs_figure(plus_images, minus_images, plus, minus)},
         tables={"quality_pairs.csv": _pairs_csv(base, plus, minus)},
     )
 
