@@ -117,7 +117,7 @@ def main() -> int:
         f"{cfg.steps * cfg.batch_size / (gpu_record['steps'] * gpu_record['config']['batch_size']):.2f}x the training "
         "images of the gpu profile. Loss curves: `data/toyworld/loss.png`.",
         "",
-        "**Does the cpu-profile model learn its world? `toyworld-evidence`, default config, both models in this run**",
+        "**Does the cpu-profile model learn its world? `toyworld-evidence`, default config, three models in this run**",
         "",
         "| metric | cpu profile (EMA, as written) | cpu profile, last step without EMA | gpu profile (shipped) |",
         "|---|---|---|---|",
