@@ -178,8 +178,7 @@ def train_toy_world(out_dir: Path, cfg: ToyConfig = ToyConfig(), device: str = "
 
 def save_model_folder(model_dir: Path, transformer, adapter, cfg: ToyConfig, qwen) -> Path:
     """The trained EMA weights in the published layout and dtype (bf16 DiT single file, `net.` prefix) + Qwen3."""
-    state = {k: v.to(torch.bfloat16).cpu() for k, v in dit_file_state(transformer, adapter, cfg.dit()).items()}
-    write_dit_file(model_dir / DIT_FILE, state, "net.", {"format": "anima-toyworld", "config": json.dumps(asdict(cfg))})
+    _write_dit(model_dir, transformer, adapter, cfg)
     write_qwen3_file(model_dir / TEXT_ENCODER_FILE, qwen.cpu())
     (model_dir / "toyworld.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     return model_dir
@@ -199,6 +198,10 @@ def checkpoint_model_folder(out_dir: Path, model_dir: Path, ema: bool = True) ->
     transformer.load_state_dict(state[prefix + "transformer"])
     adapter.load_state_dict(state[prefix + "adapter"])
     shutil.copytree(out_dir / "model", model_dir, dirs_exist_ok=True)
-    state = {k: v.to(torch.bfloat16) for k, v in dit_file_state(transformer, adapter, cfg.dit()).items()}
-    write_dit_file(model_dir / DIT_FILE, state, "net.", {"format": "anima-toyworld", "config": json.dumps(asdict(cfg))})
+    _write_dit(model_dir, transformer, adapter, cfg)
     return model_dir
+
+
+def _write_dit(model_dir: Path, transformer, adapter, cfg: ToyConfig) -> None:
+    state = {k: v.to(torch.bfloat16).cpu() for k, v in dit_file_state(transformer, adapter, cfg.dit()).items()}
+    write_dit_file(model_dir / DIT_FILE, state, "net.", {"format": "anima-toyworld", "config": json.dumps(asdict(cfg))})
