@@ -14,8 +14,15 @@ export HF_HUB_OFFLINE := 1
 demo: .venv/.installed
 	$(PY) -m anima_probe.cli demo
 
+# The fast tiers: unit (no model files) and integration (tiny twins in the real formats), without the slow tests.
 test: .venv/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow" tests/unit tests/integration
+
+# What `make test` leaves out: the slow unit/integration tests and the acceptance tier (the shipped toy world and
+# the committed reports). CI runs both targets.
+test-acceptance: .venv/.installed
+	$(PY) -m pytest -q -m slow tests/unit tests/integration
+	$(PY) -m pytest -q tests/acceptance
 
 # Every experiment on the toy world (only the stale ones rerun), the notebooks, reports/*.md and the index.
 reports: .venv/.installed
@@ -28,4 +35,4 @@ regress: .venv/.installed
 ci:
 	.ci/run
 
-.PHONY: demo test reports regress ci
+.PHONY: demo test test-acceptance reports regress ci

@@ -9,11 +9,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub: every file is local
 
-from anima_probe import gate, report  # noqa: E402  (light modules: argument definitions of report / regress)
+from anima_probe.pipeline import gate, report  # noqa: E402  (light modules: argument definitions of report / regress)
 
 
 def _tiny(args) -> int:
-    from anima_probe.tiny import write_tiny
+    from anima_probe.model.tiny import write_tiny
 
     out = write_tiny(Path(args.out_dir), prefix=args.prefix, seed=args.seed)
     print(f"wrote tiny Anima twin to {out}")
@@ -24,10 +24,10 @@ def _demo(args) -> int:
     """Load a model folder (default: the bundled toy world), encode prompts, sample a grid with CFG."""
     import torch
 
-    from anima_probe.model import load_anima
-    from anima_probe.runs import new_figure, save_figure
-    from anima_probe.sampling import cfg_combine, sample_euler, simple_sigmas
-    from anima_probe.text import encode_prompts
+    from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
+    from anima_probe.model.anima import load_anima
+    from anima_probe.model.text import encode_prompts
+    from anima_probe.pipeline.runs import new_figure, save_figure
 
     anima = load_anima(args.model, with_vae=args.model is not None)
     prompts = [p.strip() for p in args.prompts.split("|")]
@@ -56,7 +56,7 @@ def _demo(args) -> int:
 def _train_toy(args) -> int:
     import time
 
-    from anima_probe.experiment import apply_overrides
+    from anima_probe.pipeline.experiment import apply_overrides
     from anima_probe.toyworld.train import PROFILES, train_toy_world
 
     cfg = apply_overrides(PROFILES[args.profile], args.overrides)
@@ -71,9 +71,9 @@ def _sample(args) -> int:
     """Mod-guided sampling: a grid of guidance weights (rows) x CFG scales (columns) into a numbered run folder."""
     import torch
 
-    from anima_probe import guided_sampling as gs
-    from anima_probe.model import load_anima
-    from anima_probe.runs import git_hash, sha256_file
+    from anima_probe.guidance import guided as gs
+    from anima_probe.model.anima import load_anima
+    from anima_probe.pipeline.runs import git_hash, sha256_file
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     anima = load_anima(args.model, device=args.device, dtype=dtype, with_vae=args.model is not None)
@@ -84,7 +84,7 @@ def _sample(args) -> int:
     if family == "cosmos":
         if not args.clip:
             raise SystemExit("anima-probe sample: a cosmos adapter needs --clip (a CLIP-L text model file or folder)")
-        from anima_probe.clip import load_clip
+        from anima_probe.model.clip import load_clip
 
         gp = gs.prepare_cosmos(anima, source, load_clip(args.clip, device=args.device), prompts, args.pos,
                                args.neg, args.negative)
@@ -108,7 +108,7 @@ def _sample(args) -> int:
 
 
 def _list(args) -> int:
-    from anima_probe.experiment import discover
+    from anima_probe.pipeline.experiment import discover
 
     for exp in discover().values():
         kind = "text only" if not exp.needs_dit else "DiT"
@@ -119,9 +119,9 @@ def _list(args) -> int:
 def _run(args) -> int:
     import torch
 
-    from anima_probe.experiment import discover, get, run
-    from anima_probe.model import load_anima
-    from anima_probe.runs import read_run
+    from anima_probe.model.anima import load_anima
+    from anima_probe.pipeline.experiment import discover, get, run
+    from anima_probe.pipeline.runs import read_run
 
     registry = discover()
     names = list(registry) if args.experiment == "all" else [get(args.experiment, registry).name]
@@ -145,11 +145,11 @@ def _distill(args) -> int:
     import torch
     from accelerate import Accelerator
 
-    from anima_probe.clip import load_clip
-    from anima_probe.distill import DistillConfig, TrainingInterrupted, distill
-    from anima_probe.experiment import apply_overrides
-    from anima_probe.model import load_anima
-    from anima_probe.training import NonFiniteLoss
+    from anima_probe.model.anima import load_anima
+    from anima_probe.model.clip import load_clip
+    from anima_probe.pipeline.experiment import apply_overrides
+    from anima_probe.training.distill import DistillConfig, TrainingInterrupted, distill
+    from anima_probe.training.loop import NonFiniteLoss
 
     cfg = apply_overrides(DistillConfig(), args.overrides)
     accelerator = Accelerator(cpu=args.device == "cpu")  # one process, or one per GPU under `accelerate launch`

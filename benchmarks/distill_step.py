@@ -19,11 +19,18 @@ from pathlib import Path
 
 import torch
 
-from anima_probe.checkpoint import DiTConfig
-from anima_probe.distill import DistillConfig, Student, batch, checkpointed_blocks, distill_loss, new_source
-from anima_probe.distill_data import DistillData
-from anima_probe.model import Anima, build_transformer, load_anima
-from anima_probe.runs import update_section
+from anima_probe.model.anima import Anima, build_transformer, load_anima
+from anima_probe.model.dit_file import DiTConfig
+from anima_probe.pipeline.runs import update_section
+from anima_probe.training.data import DistillData
+from anima_probe.training.distill import (
+    DistillConfig,
+    Student,
+    batch,
+    checkpointed_blocks,
+    distill_loss,
+    new_source,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDER = DiTConfig(hidden=512, num_blocks=8, head_dim=64, mlp_hidden=2048, text_dim=256, adaln_lora_dim=128,

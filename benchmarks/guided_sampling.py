@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from anima_probe.guided_sampling import (
+from anima_probe.guidance.guided import (
     Guidance,
     GuidedPrompts,
     Schedule,
@@ -32,8 +32,8 @@ from anima_probe.guided_sampling import (
     prepare_pooled_text,
     sample_guided,
 )
-from anima_probe.modulation import CosmosPooledAdapter, PooledTextProjection
-from anima_probe.runs import update_section
+from anima_probe.guidance.sources import CosmosPooledAdapter, PooledTextProjection
+from anima_probe.pipeline.runs import update_section
 
 ROOT = Path(__file__).resolve().parent.parent
 CFG = 4.0
@@ -79,7 +79,7 @@ def measure(anima, conditions: dict, noise: torch.Tensor, steps: int, reps: int,
 
 
 def toy_conditions(anima, prompts: list[str], tmp: Path) -> tuple[dict, float]:
-    from anima_probe.clip import load_clip, write_tiny_clip
+    from anima_probe.model.clip import load_clip, write_tiny_clip
 
     d, n = anima.dit_config.hidden, anima.num_blocks
     t = time.perf_counter()
@@ -98,8 +98,8 @@ def toy_conditions(anima, prompts: list[str], tmp: Path) -> tuple[dict, float]:
 
 def full_width_two_blocks():
     """A full-width Anima DiT with 2 of its 28 blocks, random weights, and hand-made conditioning (no text path)."""
-    from anima_probe.checkpoint import DiTConfig
-    from anima_probe.model import Anima, build_transformer
+    from anima_probe.model.anima import Anima, build_transformer
+    from anima_probe.model.dit_file import DiTConfig
 
     c = DiTConfig(2048, 2, 128, 8192, 1024, 256, 16, 16, 2)
     torch.manual_seed(0)
@@ -115,7 +115,7 @@ def full_width_two_blocks():
 
 
 def main(reps: int = 15, threads: int = 1) -> None:
-    from anima_probe.model import load_anima
+    from anima_probe.model.anima import load_anima
 
     # One torch thread: CPU time then counts work done, not OpenMP spin-waits; wall time on this shared 2-core
     # machine swings by +-20% with the other jobs' load, so the target is judged on the CPU-time ratio.

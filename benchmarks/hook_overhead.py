@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from anima_probe.hooks import capture, hooks
-from anima_probe.runs import update_section
+from anima_probe.pipeline.runs import update_section
+from anima_probe.probes.hooks import capture, hooks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def fixed_cost(anima, n: int = 2000) -> dict[str, float]:
 
 
 def main(reps: int = 20) -> None:
-    from anima_probe.model import load_anima
+    from anima_probe.model.anima import load_anima
 
     torch.set_num_threads(1)
     toy = load_anima(with_vae=False)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from anima_probe.runs import update_section
+from anima_probe.pipeline.runs import update_section
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _child_load(path: str) -> None:
-    from anima_probe.model import load_dit_file
+    from anima_probe.model.anima import load_dit_file
 
     t = time.perf_counter()
     load_dit_file(Path(path), dtype=torch.bfloat16)
@@ -31,8 +31,14 @@ def _child_load(path: str) -> None:
 
 
 def write_full_size(path: Path) -> int:
-    from anima_probe.checkpoint import ADAPTER_PREFIX, AdapterConfig, DiTConfig, adapter_layout, dit_layout
-    from anima_probe.tiny import write_dit_file
+    from anima_probe.model.dit_file import (
+        ADAPTER_PREFIX,
+        AdapterConfig,
+        DiTConfig,
+        adapter_layout,
+        dit_layout,
+    )
+    from anima_probe.model.tiny import write_dit_file
 
     dit = DiTConfig(2048, 28, 128, 8192, 1024, 256, 16, 16, 2)
     ad = AdapterConfig(1024, 1024, 6, 64, 4096, 32128)
@@ -44,7 +50,7 @@ def write_full_size(path: Path) -> int:
 
 
 def forward_times(c, tokens_side: int, reps: int = 3) -> dict:
-    from anima_probe.model import build_transformer, dit_velocity
+    from anima_probe.model.anima import build_transformer, dit_velocity
 
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -60,8 +66,8 @@ def forward_times(c, tokens_side: int, reps: int = 3) -> dict:
 
 
 def main() -> None:
-    from anima_probe.checkpoint import DiTConfig
-    from anima_probe.tiny import TINY_DIT
+    from anima_probe.model.dit_file import DiTConfig
+    from anima_probe.model.tiny import TINY_DIT
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "anima-full-synthetic.safetensors"

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anima_probe.runs import update_section
+from anima_probe.pipeline.runs import update_section
 
 ROOT = Path(__file__).resolve().parent.parent
 N_CAPTIONS = 1000
@@ -48,7 +48,7 @@ def _timed(fn) -> tuple[tuple[float, float], object]:
 
 
 def time_pooled(anima, captions: list[str], root: Path) -> dict:
-    from anima_probe.cache import EmbeddingCache
+    from anima_probe.pipeline.cache import EmbeddingCache
 
     cold, first = _timed(lambda: EmbeddingCache(root, anima).pooled(captions, progress=False))
     warm, second = _timed(lambda: EmbeddingCache(root, anima).pooled(captions, progress=False))
@@ -58,7 +58,7 @@ def time_pooled(anima, captions: list[str], root: Path) -> dict:
 
 def time_experiments(anima, root: Path, overrides: dict[str, list[str]] | None = None) -> list[dict]:
     """Whole runs of the text experiments, cold then warm, each with its own cache folder."""
-    from anima_probe import experiment
+    from anima_probe.pipeline import experiment
 
     try:
         registry = experiment.discover()
@@ -91,9 +91,15 @@ def full_text_side_folder(out: Path) -> Path:
     """A model folder with a full-size random text side (Qwen3-0.6B + adapter, bf16) and a minimal DiT."""
     import shutil
 
-    from anima_probe.checkpoint import ADAPTER_PREFIX, AdapterConfig, DiTConfig, adapter_layout, dit_layout
-    from anima_probe.model import default_model_dir
-    from anima_probe.tiny import random_tensors, write_dit_file, write_qwen3_file
+    from anima_probe.model.anima import default_model_dir
+    from anima_probe.model.dit_file import (
+        ADAPTER_PREFIX,
+        AdapterConfig,
+        DiTConfig,
+        adapter_layout,
+        dit_layout,
+    )
+    from anima_probe.model.tiny import random_tensors, write_dit_file, write_qwen3_file
 
     sys.path.insert(0, str(Path(__file__).parent))
     from text_encoding import qwen3_06b
@@ -118,7 +124,7 @@ def _fmt(t: tuple[float, float]) -> str:
 
 
 def main() -> None:
-    from anima_probe.model import load_anima
+    from anima_probe.model.anima import load_anima
 
     torch.set_num_threads(1)
     captions = toy_captions(N_CAPTIONS)

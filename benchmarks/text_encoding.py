@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from anima_probe.runs import update_section
-from anima_probe.text import PromptTokens, crossattn, qwen_states
+from anima_probe.model.text import PromptTokens, crossattn, qwen_states
+from anima_probe.pipeline.runs import update_section
 
 ROOT = Path(__file__).resolve().parent.parent
 N_PROJECT = 1416
@@ -50,8 +50,8 @@ def qwen3_06b() -> torch.nn.Module:
 
 
 def full_adapter() -> torch.nn.Module:
-    from anima_probe.checkpoint import AdapterConfig
-    from anima_probe.model import build_adapter
+    from anima_probe.model.anima import build_adapter
+    from anima_probe.model.dit_file import AdapterConfig
 
     return build_adapter(AdapterConfig(1024, 1024, 6, 64, 4096, 32128), meta=False).eval()
 

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anima_probe import experiment
-from anima_probe.model import load_anima
-from anima_probe.report import load_run
-from anima_probe.runs import atomic_write_text, new_figure, save_figure, update_section
+from anima_probe.model.anima import load_anima
+from anima_probe.pipeline import experiment
+from anima_probe.pipeline.report import load_run
+from anima_probe.pipeline.runs import atomic_write_text, new_figure, save_figure, update_section
 from anima_probe.toyworld.train import PROFILES, checkpoint_model_folder, train_toy_world
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ End to end on the toy world: the distilled projection(s) shipped in data/toyworl
 by ``toyworld.scorer.quality_score``. Reported per family and row policy: the dose-response (within-row Spearman,
 slope), the effect score(w_max) - score(0) at each CFG with a bootstrap CI, the p+-in-the-prompt baseline, and
 ``w0_max_abs_diff`` (w = 0 against a hand-written sampler of the base-projection model; must be exactly 0).
-Mechanics and definitions: ``anima_probe/dose.py``.
+Mechanics and definitions: ``anima_probe/guidance/dose.py``.
 
 Run: ``anima-probe run guidance-dose`` (both families when their files exist; ``cosmos_adapter=none`` skips (b)).
 """
@@ -19,11 +19,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from anima_probe import dose
-from anima_probe.clip import load_clip
-from anima_probe.experiment import Context, Experiment, Result
-from anima_probe.guidance import COSMOS
-from anima_probe.guided_sampling import (
+from anima_probe.guidance import dose
+from anima_probe.guidance.guided import (
     DEFAULT_POLICY,
     Schedule,
     family_of,
@@ -33,9 +30,12 @@ from anima_probe.guided_sampling import (
     prepare_cosmos,
     prepare_pooled_text,
 )
-from anima_probe.manifests import load_prompt_sets
-from anima_probe.modulation import CFGRowPolicy
-from anima_probe.runs import REPO_ROOT, sha256_file
+from anima_probe.guidance.modulation import COSMOS
+from anima_probe.guidance.sources import CFGRowPolicy
+from anima_probe.model.clip import load_clip
+from anima_probe.pipeline.experiment import Context, Experiment, Result
+from anima_probe.pipeline.manifests import load_prompt_sets
+from anima_probe.pipeline.runs import REPO_ROOT, sha256_file
 
 SHIPPED = {"projection": "data/toyworld/pooled_text_proj.safetensors",
            "cosmos_adapter": "data/toyworld/cosmos_pooled_adapter.safetensors", "clip": "data/toyworld/model/clip"}

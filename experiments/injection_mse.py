@@ -1,7 +1,7 @@
 """Where should a pooled text vector enter the modulation path: before t_embedding_norm, after it, or into adaln_lora?
 
 The proposal's injection-point experiment: a projected pooled text vector (max over the padded ``crossattn_emb`` by
-default, from the embedding cache) is added with weight alpha at each point (`anima_probe.injection`), and the
+default, from the embedding cache) is added with weight alpha at each point (`anima_probe.probes.sensitivity`), and the
 velocity is compared with the unperturbed model's, averaged over a sigma grid, noise seeds and prompts.
 
 Projection. Without a file, a fixed seeded Gaussian projection. Its output is rescaled (one scalar per point) to the
@@ -24,10 +24,14 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from anima_probe.cache import EmbeddingCache
-from anima_probe.experiment import Context, Experiment, Result
-from anima_probe.flow import add_noise
-from anima_probe.injection import (
+from anima_probe.guidance.sources import load_pooled_text_proj
+from anima_probe.model.flow import add_noise
+from anima_probe.model.text import encode_prompts
+from anima_probe.pipeline.cache import EmbeddingCache
+from anima_probe.pipeline.experiment import Context, Experiment, Result
+from anima_probe.pipeline.manifests import load_prompt_sets
+from anima_probe.pipeline.runs import new_figure
+from anima_probe.probes.sensitivity import (
     INJECTION_POINTS,
     base_velocity,
     growth,
@@ -36,10 +40,6 @@ from anima_probe.injection import (
     rescale_to_rms,
     velocity_mse,
 )
-from anima_probe.manifests import load_prompt_sets
-from anima_probe.modulation import load_pooled_text_proj
-from anima_probe.runs import new_figure
-from anima_probe.text import encode_prompts
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from anima_probe.cache import SOURCES
-from anima_probe.directions import pooled_table
-from anima_probe.experiment import Context, Experiment, Result
-from anima_probe.manifests import read_caption_set, split_tags
-from anima_probe.metrics import bootstrap_ci, empirical_p, kmeans_nmi, nmi, permutation_null
-from anima_probe.pooling import STRATEGIES
-from anima_probe.runs import REPO_ROOT, new_figure
+from anima_probe.pipeline.cache import SOURCES
+from anima_probe.pipeline.experiment import Context, Experiment, Result
+from anima_probe.pipeline.manifests import read_caption_set, split_tags
+from anima_probe.pipeline.runs import REPO_ROOT, new_figure
+from anima_probe.probes.directions import pooled_table
+from anima_probe.probes.pooling import STRATEGIES
+from anima_probe.probes.stats import bootstrap_ci, empirical_p, kmeans_nmi, nmi, permutation_null
 from anima_probe.toyworld.captions import TOYWORLD_CAPTIONS
 
 STATS = ("nmi", "nmi_sd", "ari", "ari_sd", "nmi_ci_low", "nmi_ci_high", "null_q95", "p_perm")

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anima_probe.directions import (
+from anima_probe.pipeline.experiment import Context, Experiment, Result
+from anima_probe.pipeline.manifests import load_prompt_sets
+from anima_probe.pipeline.runs import new_figure
+from anima_probe.probes.directions import (
     check_poolings,
     compose,
     content_directions,
@@ -23,10 +26,7 @@ from anima_probe.directions import (
     random_tag_sets,
     require_distinct,
 )
-from anima_probe.experiment import Context, Experiment, Result
-from anima_probe.manifests import load_prompt_sets
-from anima_probe.metrics import cosine_matrix, pairwise_cosines
-from anima_probe.runs import new_figure
+from anima_probe.probes.stats import cosine_matrix, pairwise_cosines
 
 BETTER = {"cos_mean": True, "cos_min": True, "null_q05": False, "null_q50": False, "null_q95": False, "p": False}
 

@@ -60,13 +60,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Anima twin in the real file formats (shared, read-only: do not modify it)."""
-    from anima_probe.tiny import write_tiny
+    from anima_probe.model.tiny import write_tiny
 
     return write_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_anima(tiny_model_dir):
-    from anima_probe.model import load_anima
+    from anima_probe.model.anima import load_anima
 
     return load_anima(tiny_model_dir, with_vae=False)

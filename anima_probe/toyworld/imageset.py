@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anima_probe.manifests import CaptionRow, write_caption_set
+from anima_probe.pipeline.manifests import CaptionRow, write_caption_set
 from anima_probe.toyworld.world import generate
 
 CAPTIONS_FILE = "captions.csv"

@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from anima_probe import training
-from anima_probe.checkpoint import AdapterConfig, DiTConfig
-from anima_probe.flow import add_noise, logit_normal_sigmas, velocity_target
-from anima_probe.model import _freeze, build_adapter, build_transformer, dit_velocity
-from anima_probe.text import crossattn, qwen_states, tokenize_prompts
-from anima_probe.tiny import dit_file_state, tiny_qwen3, write_dit_file, write_qwen3_file
-from anima_probe.tokenization import load_tokenizers, train_tiny_tokenizers
+from anima_probe.model.anima import _freeze, build_adapter, build_transformer, dit_velocity
+from anima_probe.model.dit_file import AdapterConfig, DiTConfig
+from anima_probe.model.flow import add_noise, logit_normal_sigmas, velocity_target
+from anima_probe.model.text import crossattn, qwen_states, tokenize_prompts
+from anima_probe.model.tiny import dit_file_state, tiny_qwen3, write_dit_file, write_qwen3_file
+from anima_probe.model.tokenization import load_tokenizers, train_tiny_tokenizers
 from anima_probe.toyworld.world import generate
+from anima_probe.training import loop as training
 
 DIT_FILE = "diffusion_models/anima-toyworld.safetensors"
 TEXT_ENCODER_FILE = "text_encoders/qwen3-toyworld.safetensors"

@@ -1,0 +1,232 @@
+"""Samplers over Anima's flow velocity: which trajectories do the guidance probes actually run?
+
+Every probe that generates an image goes through one of these small pure functions (after the shape of
+k-diffusion's ``sampling.py``: one signature, a tqdm bar, a callback dict per step), so a result can name
+its sampler and schedule exactly and be re-run bit for bit.
+
+Conventions (Anima, facts sheet ANIMA.md §7): ``x_t = sigma*noise + (1-sigma)*x0``; the model predicts the
+velocity ``v ~ noise - x0``; the denoised estimate is ``x0 = x_t - sigma*v``; ``sigma`` in [0, 1] is fed to the
+model directly. Denoiser contract: ``velocity_fn(x, sigma: (B,) float32 tensor) -> v`` with ``v.shape == x.shape``.
+
+ER-SDE (Cui et al. 2023) in the flow parametrisation -- derivation
+------------------------------------------------------------------
+Flow matching is a VP-type process with ``alpha = 1 - sigma``. Dividing by alpha gives the VE variable
+``x~ = x/(1-sigma) = x0 + lam*noise`` with ``lam = sigma/(1-sigma)`` (the paper's lambda = sigma_t/alpha_t). The
+paper's exact solution of the Extended Reverse-Time SDE from ``lam_s`` to ``lam_t < lam_s`` with noise-scale
+function ``phi`` and data prediction ``D(lam)`` is
+
+    x~_t = r x~_s + phi(lam_t) * Int_{lam_t}^{lam_s} phi'(l)/phi(l)^2 D(l) dl + sqrt(lam_t^2 - lam_s^2 r^2) z,
+
+with ``r = phi(lam_t)/phi(lam_s)``. ER-SDE-Solver-3 expands ``D(l) ~ D0 + (l-lam_s) D1 + (l-lam_s)^2/2 D2`` and
+integrates by parts, giving the weights ``1 - r``, ``(lam_t - lam_s) + phi(lam_t) S1`` and
+``(lam_t - lam_s)^2/2 + phi(lam_t) S2`` with ``S1 = Int dl/phi`` and ``S2 = Int (l-lam_s)/phi dl`` (both over
+[lam_t, lam_s]; the paper evaluates them numerically). D1 and D2 are the paper's backward differences of past
+data predictions in lam. Multiplying back by ``1 - sigma_t`` and writing ``g = phi(lam)/lam`` and
+``rho = g(lam_t)/g(lam_s)`` turns the singular-looking factors into bounded ones:
+
+    x_t = (sigma_t/sigma_s) rho x_s + [(1-sigma_t) - rho sigma_t (1-sigma_s)/sigma_s] D0
+          + (1-sigma_t) [..D1..] + (1-sigma_t) [..D2..] + sigma_t sqrt(1 - rho^2) z.
+
+So the deterministic limit (``phi(lam) = lam``, i.e. ``g = 1``, ``rho = 1``) of the first-order step is exactly
+the flow Euler step ``x_t = x_s + (sigma_t - sigma_s) v`` (a test checks this). ``s_noise = 0`` alone is *not*
+that limit: it drops the noise but keeps the SDE's contracting drift, so it loses variance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import trange
+
+from anima_probe.model.flow import DEFAULT_SHIFT, shift_sigma  # one definition of the schedule
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+NoiseScaler = Callable[[torch.Tensor], torch.Tensor]
+
+# sigma = 1 means lam = inf (alpha = 0). phi is evaluated there at this stand-in sigma: at lam ~ 1e7 the default
+# scaler gives rho < 1e-50 (a complete re-noise, the true limit) and the ODE scaler gives rho = 1 exactly.
+_SIGMA_ONE_STANDIN = 1.0 - 1e-7
+_QUAD_POINTS = 32  # Gauss-Legendre nodes in log(lam) for S1, S2; the integrands there are smooth and bounded
+
+
+def simple_sigmas(steps: int, shift: float = DEFAULT_SHIFT) -> torch.Tensor:
+    """(steps+1,) float32 sigmas: uniform t from 1 to 0, shifted; first exactly 1, last exactly 0.
+
+    The continuous form of ComfyUI's ``simple`` scheduler (which samples a 1000-entry table instead).
+    """
+    if steps < 1:
+        raise ValueError(f"simple_sigmas: steps must be >= 1, got {steps}")
+    if shift <= 0:
+        raise ValueError(f"simple_sigmas: shift must be > 0, got {shift}")
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)  # (steps+1,)
+    sigmas = shift_sigma(t, shift)
+    sigmas[0], sigmas[-1] = 1.0, 0.0  # exact endpoints, whatever the rounding of the shift formula
+    return sigmas.to(torch.float32)
+
+
+def _check_sigmas(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
+    s = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
+    if s.ndim != 1 or s.numel() < 2:
+        raise ValueError(f"sigmas must be 1-D with at least 2 entries, got shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all() or s.min() < 0 or s.max() > 1:
+        raise ValueError(f"sigmas must lie in [0, 1] (flow convention), got range [{s.min():.4g}, {s.max():.4g}]")
+    if not (s[1:] < s[:-1]).all():
+        bad = int(torch.nonzero(s[1:] >= s[:-1])[0])
+        raise ValueError(f"sigmas must be strictly decreasing; sigmas[{bad}]={s[bad]:.6g} <= sigmas[{bad + 1}]")
+    return s.tolist()
+
+
+def _sigma_batch(sigma: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)  # (B,)
+
+
+@torch.no_grad()
+def sample_euler(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, callback=None, disable: bool | None = None):
+    """Flow Euler: x <- x + (sigma_next - sigma) * v. Returns the final x (the x0 estimate when sigmas end at 0).
+
+    ``callback({"i", "sigma", "sigma_next", "x", "denoised"})`` is called once per step before the update.
+    """
+    sig = _check_sigmas(sigmas)
+    for i in trange(len(sig) - 1, disable=disable):
+        s, t = sig[i], sig[i + 1]
+        v = velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
+        denoised = x - s * v
+        if callback is not None:
+            callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
+        x = x + (t - s) * v
+    return x
+
+
+def default_noise_scaler(lam: torch.Tensor) -> torch.Tensor:
+    """The paper's recommended noise-scale function (its "SDE_5"): phi(lam) = lam * (exp(lam^0.3) + 10)."""
+    return lam * (torch.exp(lam**0.3) + 10.0)
+
+
+def ode_noise_scaler(lam: torch.Tensor) -> torch.Tensor:
+    """phi(lam) = lam: the ER SDE's deterministic limit (the probability-flow ODE); ER-SDE-1 is then flow Euler."""
+    return lam
+
+
+def _lam(sigma: float) -> float:
+    sigma = min(sigma, _SIGMA_ONE_STANDIN)
+    return sigma / (1.0 - sigma)
+
+
+def _g(phi: NoiseScaler, lam: torch.Tensor) -> torch.Tensor:
+    return phi(lam) / lam  # g = phi/lam; g is 1 for the ODE and grows with lam for the SDE scalers
+
+
+def er_sde_coefficients(sigma: float, sigma_next: float, noise_scaler: NoiseScaler = default_noise_scaler):
+    """Coefficients ``(c_x, c_d0, c_d1, c_d2, c_noise)`` of one ER-SDE step sigma -> sigma_next (> 0), in x space.
+
+    ``x_next = c_x x + c_d0 D0 + c_d1 D1 + c_d2 D2 + c_noise z`` (see the module docstring for the derivation).
+    """
+    if not 0.0 < sigma_next < sigma <= 1.0:
+        raise ValueError(f"er_sde_coefficients needs 0 < sigma_next < sigma <= 1, got {sigma_next}, {sigma}")
+    lam_s, lam_t = _lam(sigma), _lam(sigma_next)
+    lam = torch.tensor([lam_t, lam_s], dtype=torch.float64)
+    g_t, g_s = _g(noise_scaler, lam).tolist()
+    rho = g_t / g_s if math.isfinite(g_s) else 0.0
+    if not 0.0 <= rho <= 1.0 + 1e-12:
+        raise ValueError(f"noise scaler must make phi(lam)/lam non-decreasing; got rho={rho} at sigma={sigma}")
+    rho = min(rho, 1.0)
+    phi_t = lam_t * g_t
+    nodes, weights = np.polynomial.legendre.leggauss(_QUAD_POINTS)
+    a, b = math.log(lam_t), math.log(lam_s)
+    u = torch.as_tensor(0.5 * (b - a) * nodes + 0.5 * (b + a))  # (Q,) log-lam nodes
+    lam_u = u.exp()
+    wq = torch.as_tensor(0.5 * (b - a) * weights)  # dl/phi = du / g(lam)
+    inv_g = 1.0 / _g(noise_scaler, lam_u)
+    s1 = float((wq * inv_g).sum())
+    s2 = float((wq * (lam_u - lam_s) * inv_g).sum())
+    alpha_t = 1.0 - sigma_next
+    c_x = sigma_next / sigma * rho
+    c_d0 = alpha_t - rho * sigma_next * (1.0 - sigma) / sigma
+    c_d1 = alpha_t * ((lam_t - lam_s) + phi_t * s1)
+    c_d2 = alpha_t * ((lam_t - lam_s) ** 2 / 2 + phi_t * s2)
+    c_noise = sigma_next * math.sqrt(max(0.0, 1.0 - rho * rho))
+    return c_x, c_d0, c_d1, c_d2, c_noise
+
+
+def _taylor_terms(lams: list[float], ds: list[torch.Tensor], order: int):
+    """The paper's estimates of D1, D2 at the newest point from the last <= 3 (lam, D) pairs (None if unused)."""
+    d1 = d2 = None
+    if order >= 2 and len(ds) >= 2:
+        d1 = (ds[-1] - ds[-2]) / (lams[-1] - lams[-2])
+    if order >= 3 and len(ds) >= 3:
+        d1_prev = (ds[-2] - ds[-3]) / (lams[-2] - lams[-3])
+        d2 = 2 * (d1 - d1_prev) / (lams[-1] - lams[-3])
+    return d1, d2
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    # float32 on the generator's device, so a given seed gives the same noise whatever x's dtype or device
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=torch.float32, device=device).to(x)
+
+
+@torch.no_grad()
+def sample_er_sde(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, generator: torch.Generator | None = None,
+                  callback=None, disable: bool | None = None, s_noise: float = 1.0,
+                  noise_scaler: NoiseScaler = default_noise_scaler, order: int = 3) -> torch.Tensor:
+    """ER-SDE-Solver (default: order 3 with the paper's noise scaler) in Anima's flow parametrisation.
+
+    Cui, Zhang, Lu, Liao, "Elucidating the Solution Space of Extended Reverse-Time SDE for Diffusion Models",
+    arXiv:2309.06169 (2023). Written from the paper's equations (module docstring); no other code copied.
+    Orders ramp up 1 -> 2 -> 3 as data predictions accumulate; a point at sigma = 1 (lam = inf) never enters the
+    differences; the step onto sigma = 0 returns the data prediction (lam = 0 makes every weight but D0's vanish).
+    ``noise_scaler=ode_noise_scaler`` is the deterministic limit; ``s_noise`` scales the injected noise only.
+    Deterministic for a given ``generator``.
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"sample_er_sde: order must be 1, 2 or 3, got {order}")
+    sig = _check_sigmas(sigmas)
+    lams: list[float] = []
+    ds: list[torch.Tensor] = []
+    for i in trange(len(sig) - 1, disable=disable):
+        s, t = sig[i], sig[i + 1]
+        denoised = x - s * velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
+        if callback is not None:
+            callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
+        if t == 0.0:
+            x = denoised
+            continue
+        if s < 1.0:
+            lams, ds = (lams + [_lam(s)])[-3:], (ds + [denoised])[-3:]
+        c_x, c_d0, c_d1, c_d2, c_noise = er_sde_coefficients(s, t, noise_scaler)
+        d1, d2 = _taylor_terms(lams, ds, order)
+        x = c_x * x + c_d0 * denoised
+        if d1 is not None:
+            x = x + c_d1 * d1
+        if d2 is not None:
+            x = x + c_d2 * d2
+        if c_noise > 0.0 and s_noise != 0.0:
+            x = x + (s_noise * c_noise) * _randn_like(x, generator)
+    return x
+
+
+def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance, ComfyUI/diffusers convention: ``v_uncond + scale*(v_cond - v_uncond)``.
+
+    scale 1 = no guidance (the conditional prediction). The official Cosmos mod-guidance sampler combines data
+    predictions as ``x0_c + cfg*(x0_c - x0_u)``; since ``x0 = x - sigma*v`` is affine in v with the same x and
+    sigma for both rows, that equals this function with ``scale = 1 + cfg`` (see ``official_cfg_to_scale``).
+    """
+    return v_uncond + scale * (v_cond - v_uncond)
+
+
+def official_cfg_to_scale(cfg: float) -> float:
+    """The official Cosmos sampler's ``cfg`` as a ComfyUI/diffusers guidance scale: 1 + cfg."""
+    return 1.0 + cfg
+
+
+def cfg_velocity(velocity_fn_cond: VelocityFn, velocity_fn_uncond: VelocityFn, scale: float) -> VelocityFn:
+    """A velocity_fn that runs both branches and combines them with ``cfg_combine`` (two calls per step)."""
+
+    def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return cfg_combine(velocity_fn_cond(x, sigma), velocity_fn_uncond(x, sigma), scale)
+
+    return guided

@@ -1,0 +1,117 @@
+"""Tiny twins: a complete Anima model folder in the real file formats and layout, small enough for CI.
+
+The DiT file carries the published key names (`blocks.N.self_attn.q_proj.weight`, `llm_adapter.*`, ...) under the
+chosen prefix; the text encoder is a transformers Qwen3 file with `model.`-prefixed HF names; the VAE uses the Wan
+single-file names; the tokenizer folders are trained offline. Everything loads through `load_anima(--model DIR)`,
+exactly as the real files do. The same writer saves the trained toy world (`save_model_folder`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from diffusers import CosmosTransformer3DModel
+from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
+from safetensors.torch import save_file
+from transformers import Qwen3Config, Qwen3Model
+
+from anima_probe.model.anima import QWEN_ROPE_THETA
+from anima_probe.model.dit_file import ADAPTER_PREFIX, AdapterConfig, DiTConfig, adapter_layout, dit_layout
+
+PREFIX_CHOICES = {"net.": "net.", "model.diffusion_model.": "model.diffusion_model.", "none": ""}
+DIT_FILE = "diffusion_models/anima-tiny.safetensors"
+TEXT_ENCODER_FILE = "text_encoders/qwen_3_06b_tiny.safetensors"
+VAE_FILE = "vae/qwen_image_vae_tiny.safetensors"
+
+TINY_DIT = DiTConfig(hidden=64, num_blocks=2, head_dim=32, mlp_hidden=256, text_dim=32, adaln_lora_dim=16,
+                     in_channels=16, out_channels=16, patch=2)
+TINY_QWEN = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 12}
+
+
+def random_tensors(layout: dict[str, tuple[int, ...]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Seeded weights at sensible scales: norms near 1, biases near 0, matrices ~ N(0, 1/fan_in)."""
+    out = {}
+    for key, shape in layout.items():
+        z = torch.randn(shape, generator=generator)
+        if key.endswith("bias"):
+            out[key] = 0.02 * z
+        elif len(shape) == 1:  # RMSNorm gains
+            out[key] = 1.0 + 0.1 * z
+        elif key.endswith("embed.weight"):
+            out[key] = z
+        else:
+            out[key] = z / shape[1] ** 0.5
+    return out
+
+
+def diffusers_to_original_keys(c: DiTConfig) -> dict[str, str]:
+    """diffusers transformer key -> published key, derived by running diffusers' own converter on the layout."""
+    layout = dit_layout(c)
+    converted = convert_cosmos_transformer_checkpoint_to_diffusers({k: k for k in layout})
+    return {new: old for new, old in converted.items()}
+
+
+def dit_file_state(transformer: CosmosTransformer3DModel, adapter: torch.nn.Module, c: DiTConfig) -> dict:
+    """A trained diffusers transformer + adapter as the published single file's (bare) state dict."""
+    names = diffusers_to_original_keys(c)
+    state = {names[k]: v for k, v in transformer.state_dict().items()}
+    state.update({ADAPTER_PREFIX + k: v for k, v in adapter.state_dict().items()})
+    return state
+
+
+def write_dit_file(path: Path, state: dict[str, torch.Tensor], prefix: str, metadata: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {prefix + k: v.detach().contiguous().cpu() for k, v in sorted(state.items())}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    tmp.replace(path)  # atomic: a crash never leaves a half-written model file
+    return path
+
+
+def tiny_qwen3(vocab: int, seed: int, dims: dict = TINY_QWEN) -> Qwen3Model:
+    """A randomly initialised (seeded) Qwen3 with Anima's encoder conventions; frozen by the caller."""
+    config = Qwen3Config(vocab_size=vocab, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": QWEN_ROPE_THETA}, **dims)
+    torch.manual_seed(seed)  # transformers' initialiser reads the global generator
+    return Qwen3Model(config).eval()
+
+
+def write_qwen3_file(path: Path, model: Qwen3Model) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"model." + k: v.contiguous() for k, v in sorted(model.state_dict().items())}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def write_tiny(out_dir: Path, prefix: str = "net.", seed: int = 0, with_vae: bool = True,
+               corpus: list[str] | None = None) -> Path:
+    """Write a complete deterministic tiny model folder; returns it. `prefix` is a key of PREFIX_CHOICES."""
+    from anima_probe.model.tokenization import load_tokenizers, train_tiny_tokenizers
+    from anima_probe.model.vae import write_tiny_vae
+
+    if prefix not in PREFIX_CHOICES:
+        raise ValueError(f"prefix must be one of {list(PREFIX_CHOICES)}, got {prefix!r}")
+    out = Path(out_dir)
+    qdir, tdir = train_tiny_tokenizers(out, corpus or [], seed=seed)
+    qtok, ttok = load_tokenizers(qdir, tdir)
+    qwen = tiny_qwen3(len(qtok), seed)
+    write_qwen3_file(out / TEXT_ENCODER_FILE, qwen)
+    ad = AdapterConfig(source_dim=TINY_QWEN["hidden_size"], model_dim=TINY_DIT.text_dim, num_layers=2, head_dim=16,
+                       mlp_hidden=4 * TINY_DIT.text_dim, vocab=len(ttok))
+    g = torch.Generator().manual_seed(seed)
+    state = random_tensors(dit_layout(TINY_DIT), g)
+    state.update({ADAPTER_PREFIX + k: v for k, v in random_tensors(adapter_layout(ad), g).items()})
+    write_dit_file(out / DIT_FILE, state, PREFIX_CHOICES[prefix], {"format": "anima-tiny", "seed": seed})
+    if with_vae:
+        write_tiny_vae(out / VAE_FILE, seed=seed)
+    (out / "tiny.json").write_text(json.dumps({"seed": seed, "prefix": prefix, "dit": asdict(TINY_DIT),
+                                               "adapter": asdict(ad), "qwen3": TINY_QWEN}, indent=2) + "\n")
+    return out

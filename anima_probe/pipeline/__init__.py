@@ -1,0 +1,1 @@
+"""From a research question to a report: experiments, run folders, caches, freshness, reports, the gate."""

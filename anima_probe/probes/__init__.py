@@ -1,0 +1,1 @@
+"""Looking inside the frozen model: hook points, pooling, injection sensitivity, directions, statistics."""

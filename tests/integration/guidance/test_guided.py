@@ -1,0 +1,215 @@
+"""The guided sampler: Eq. 3 reaches the rows and blocks it names, the delta is computed once, cells are independent."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from anima_probe.guidance.guided import (
+    Cell,
+    Guidance,
+    Schedule,
+    family_of,
+    grid_figure,
+    initial_noise,
+    load_source,
+    modulation_for,
+    prepare_cosmos,
+    prepare_pooled_text,
+    sample_cells,
+    sample_guided,
+    write_sample_run,
+)
+from anima_probe.guidance.modulation import COSMOS, POOLED_TEXT_PROJ
+from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
+from anima_probe.guidance.sources import (
+    CosmosPooledAdapter,
+    ModulationFileError,
+    PooledTextProjection,
+    save_cosmos_pooled_adapter,
+    save_pooled_text_proj,
+)
+from anima_probe.model.clip import load_clip, write_tiny_clip
+from anima_probe.model.text import encode_prompts
+from anima_probe.probes.pooling import pool_named
+
+PROMPTS = ["1girl, solo", "scenery, landscape"]
+POS, NEG, NEGATIVE = "masterpiece, best quality", "worst quality", "lowres"
+
+
+def _proj(anima, seed=1, zero=False):
+    d, text_dim = anima.dit_config.hidden, anima.dit_config.text_dim
+    torch.manual_seed(seed)  # the input Linear keeps PyTorch's (global-RNG) init, as the community trainer
+    proj = PooledTextProjection(d, text_dim)
+    if not zero:
+        with torch.no_grad():
+            proj.linear_out.weight.copy_(torch.randn(d, d, generator=torch.Generator().manual_seed(seed)) / d**0.5)
+            proj.linear_out.bias.copy_(0.1 * torch.randn(d, generator=torch.Generator().manual_seed(seed + 1)))
+    return proj
+
+
+@pytest.fixture(scope="module")
+def gp(tiny_anima):
+    return prepare_pooled_text(tiny_anima, _proj(tiny_anima), PROMPTS, POS, NEG, NEGATIVE)
+
+
+def _noise(anima, seed=0):
+    return initial_noise(anima, len(PROMPTS), 8, seed)  # tiny twin: no VAE, 16 x 8 x 8 "pixels"
+
+
+def test_schedule_text_spells_the_end_convention():
+    inc, exc = Schedule.parse("interval:1:3]"), Schedule.parse("interval:1:3)")
+    assert inc.weights(5, 2.0).tolist() == [0, 2, 2, 2, 0] and exc.weights(5, 2.0).tolist() == [0, 2, 2, 0, 0]
+    assert Schedule.parse("step:3").active(5).tolist() == [False, False, False, True, True]
+    assert Schedule.parse("uniform").weights(3, 1.5).tolist() == [1.5] * 3
+    assert Schedule.parse("sorryhyun").weights(6, 3.0).tolist() == [0, 0, 3, 3, 3, 0]  # depth-mapped profile
+    for text in ("uniform", "step:8", "interval:8:26]", "interval:8:27)", "sorryhyun-safe"):
+        assert Schedule.parse(text).text() == text
+    with pytest.raises(ValueError, match=r"interval:START:END\] \(end inclusive\)"):
+        Schedule.parse("interval:8:27")
+
+
+def test_projection_runs_once_per_prompt_set_never_per_step_or_cell(tiny_anima):
+    proj = _proj(tiny_anima)
+    calls = []
+    proj.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    gp = prepare_pooled_text(tiny_anima, proj, PROMPTS, POS, NEG, NEGATIVE)
+    assert len(calls) == 3  # all bases in one call, then P(p+) and P(p-) for the delta
+    cells = [Cell(Guidance(w), 4.0) for w in (0.0, 3.0)] + [Cell(Guidance(2.0, row_policy="both"), 2.0)]
+    for steps in (1, 3):
+        sample_cells(tiny_anima, gp, cells, _noise(tiny_anima), steps=steps)
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("policy", ["both", "cond-only", "official", "per-row-base"])
+def test_row_policy_puts_the_delta_on_exactly_the_rows_it_says(tiny_anima, gp, policy):
+    proj, n, B = _proj(tiny_anima), tiny_anima.num_blocks, len(PROMPTS)
+
+    def p(texts):  # the known answer, projected independently of prepare_pooled_text
+        tc = encode_prompts(tiny_anima, texts)
+        with torch.no_grad():
+            return proj(pool_named(tc.crossattn_emb, tc.t5_mask, "max_padded"))
+
+    base, pos, neg, negative, empty = p(PROMPTS), p([POS]), p([NEG]), p([NEGATIVE]), p([""])
+    delta = pos - neg
+    guidance = Guidance(2.0, Schedule.parse("step:1"), final_w=0.5, row_policy=policy)
+    mod = modulation_for(gp, guidance, n, cfg=True)
+    for i, w in enumerate([0.0, 2.0]):
+        cond, uncond = mod.blocks[i][:B], mod.blocks[i][B:]
+        want_uncond = {"both": base + w * delta, "cond-only": negative, "official": empty,
+                       "per-row-base": negative + w * delta}[policy]
+        assert torch.allclose(cond, base + w * delta, atol=1e-6)
+        assert torch.allclose(uncond, want_uncond.expand(B, -1), atol=1e-6)
+    assert torch.allclose(mod.final[:B], base + 0.5 * delta, atol=1e-6)
+
+
+def test_zero_initialised_projection_samples_exactly_the_unguided_image(tiny_anima):
+    zero = prepare_pooled_text(tiny_anima, _proj(tiny_anima, zero=True), PROMPTS, POS, NEG, NEGATIVE)
+    noise = _noise(tiny_anima)
+    plain = sample_guided(tiny_anima, zero, None, 4.0, noise, steps=3)
+    for policy in ("both", "per-row-base"):
+        guided = sample_guided(tiny_anima, zero, Guidance(5.0, final_w=1.0, row_policy=policy), 4.0, noise, steps=3)
+        assert torch.equal(guided, plain)
+
+
+def test_weight_zero_is_the_base_only_model_and_weight_moves_the_sample(tiny_anima, gp):
+    noise = _noise(tiny_anima)
+    w0 = sample_guided(tiny_anima, gp, Guidance(0.0, row_policy="cond-only"), 4.0, noise, steps=3)
+    w0_both = sample_guided(tiny_anima, gp, Guidance(0.0, row_policy="both"), 4.0, noise, steps=3)
+    w3 = sample_guided(tiny_anima, gp, Guidance(3.0, row_policy="cond-only"), 4.0, noise, steps=3)
+    plain = sample_guided(tiny_anima, gp, None, 4.0, noise, steps=3)
+    assert not torch.equal(w0, w0_both)  # w = 0 still carries each row's base: the policies differ there
+    assert (w3 - w0).abs().mean() > 1e-3 and (w0 - plain).abs().mean() > 1e-3
+
+
+def test_plain_cell_is_the_reference_cfg_sampler(tiny_anima, gp):
+    noise = _noise(tiny_anima)
+
+    def reference(x, s):
+        return cfg_combine(tiny_anima.velocity(x, s, gp.cond_ctx), tiny_anima.velocity(x, s, gp.uncond_ctx), 4.0)
+
+    want = sample_euler(reference, noise, simple_sigmas(4), disable=True)
+    assert torch.allclose(sample_guided(tiny_anima, gp, None, 4.0, noise, steps=4), want, atol=1e-5)
+
+
+def test_a_cell_does_not_depend_on_its_grid_neighbours(tiny_anima, gp):
+    noise = _noise(tiny_anima)
+    cells = [Cell(None, 4.0), Cell(Guidance(3.0), 4.0), Cell(Guidance(2.0, Schedule.parse("step:1")), 2.0),
+             Cell(Guidance(1.0, row_policy="official"), 1.0)]
+    grid = sample_cells(tiny_anima, gp, cells, noise, steps=3)
+    for k, cell in enumerate(cells):
+        alone = sample_guided(tiny_anima, gp, cell.guidance, cell.cfg, noise, steps=3)
+        assert torch.allclose(grid[k], alone, atol=1e-5), k
+    sde = sample_cells(tiny_anima, gp, cells[:2], noise, steps=3, sampler="er_sde", seed=7)
+    alone = sample_guided(tiny_anima, gp, cells[1].guidance, 4.0, noise, steps=3, sampler="er_sde", seed=7)
+    assert torch.equal(sde[1], alone)
+
+
+def test_cosmos_family_end_to_end_with_a_tiny_clip(tiny_anima, tmp_path):
+    clip = load_clip(write_tiny_clip(tmp_path / "clip", hidden=64, layers=1))
+    d, n = tiny_anima.dit_config.hidden, tiny_anima.num_blocks
+    adapter = CosmosPooledAdapter(d, n, clip_dim=clip.dim)
+    noise = _noise(tiny_anima)
+    gp0 = prepare_cosmos(tiny_anima, adapter, clip, PROMPTS, POS, NEG)
+    plain = sample_guided(tiny_anima, gp0, None, 4.0, noise, steps=2)
+    assert torch.equal(sample_guided(tiny_anima, gp0, Guidance(3.0), 4.0, noise, steps=2), plain)  # scales = 0
+    with torch.no_grad():
+        adapter.scales.normal_(0.0, 0.05)
+    gp = prepare_cosmos(tiny_anima, adapter, clip, PROMPTS, POS, NEG)
+    mod = modulation_for(gp, Guidance(2.0, Schedule.parse("interval:1:1]")), n)  # official: uncond = P("")
+    assert mod.touched == [1] and mod.final is None
+    m = adapter.project(clip.pooled(PROMPTS + [""] + [POS, NEG])).detach()
+    want_cond = adapter.scales[1] * (m[:2] + 2.0 * (m[3] - m[4]))
+    assert torch.allclose(mod.blocks[1][:2], want_cond, atol=1e-6)
+    assert torch.allclose(mod.blocks[1][2:], (adapter.scales[1] * m[2]).expand(2, -1), atol=1e-6)
+    assert (sample_guided(tiny_anima, gp, Guidance(3.0), 4.0, noise, steps=2) - plain).abs().mean() > 1e-4
+    with pytest.raises(ValueError, match="final_w applies to family pooled_text_proj"):
+        modulation_for(gp, Guidance(2.0, final_w=1.0), n)
+
+
+def test_load_source_tells_the_families_apart(tiny_anima, tmp_path):
+    d, n = tiny_anima.dit_config.hidden, tiny_anima.num_blocks
+    a = load_source(save_pooled_text_proj(_proj(tiny_anima), tmp_path / "p.safetensors"), tiny_anima)
+    assert family_of(a) == POOLED_TEXT_PROJ
+    for suffix in (".pt", ".safetensors"):
+        b = load_source(save_cosmos_pooled_adapter(CosmosPooledAdapter(d, n, 24), tmp_path / f"c{suffix}"), tiny_anima)
+        assert family_of(b) == COSMOS and b.clip_dim == 24
+    from safetensors.torch import save_file
+
+    save_file({"foo": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(ModulationFileError, match="x.safetensors: neither a pooled_text_proj"):
+        load_source(tmp_path / "x.safetensors", tiny_anima)
+    with pytest.raises(ModulationFileError, match="model_channels=64"):
+        load_source(save_pooled_text_proj(PooledTextProjection(32, 32), tmp_path / "w.safetensors"), tiny_anima)
+
+
+def test_sample_run_folder_holds_grid_images_and_settings(tmp_path):
+    images = torch.rand(2, 3, 2, 3, 4, 4)  # (R, C, B, 3, H, W)
+    fig = grid_figure(images, ["off", "w=3"], ["cfg 1", "cfg 4", "cfg 7"])
+    run = write_sample_run(tmp_path, images, {"w": ["off", 3.0]}, fig)
+    again = write_sample_run(tmp_path, images, {"w": ["off", 3.0]}, fig)
+    assert run.name == "000-sample" and again.name == "001-sample"
+    saved = np.load(run / "images.npy")
+    assert saved.shape == (2, 3, 2, 4, 4, 3) and saved.dtype == np.uint8
+    assert np.array_equal(saved, (images.permute(0, 1, 2, 4, 5, 3) * 255).round().byte().numpy())
+    assert json.loads((run / "settings.json").read_text()) == {"w": ["off", 3.0]}
+    assert (run / "grid.png").stat().st_size > 0
+
+
+def test_cli_sample_writes_a_run_folder_with_the_resolved_settings(tiny_model_dir, tiny_anima, tmp_path):
+    from anima_probe.cli import main
+
+    proj = save_pooled_text_proj(_proj(tiny_anima), tmp_path / "proj.safetensors")
+    argv = ["sample", "--model", str(tiny_model_dir), "--proj", str(proj), "--prompts", "1girl|scenery",
+            "--w", "off,2", "--cfg", "1,3", "--schedule", "interval:0:0]", "--steps", "1", "--size", "16",
+            "--out", str(tmp_path / "runs"), "--quiet"]
+    assert main(argv) == 0
+    run = tmp_path / "runs" / "000-sample"
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["family"] == POOLED_TEXT_PROJ and settings["row_policy"] == "per-row-base"
+    assert settings["w_values"] == [None, 2.0] and settings["cfg_values"] == [1.0, 3.0]
+    assert settings["schedule"] == "interval:0:0]" and len(settings["proj_sha256"]) == 64
+    assert np.load(run / "images.npy").shape == (2, 2, 2, 16, 16, 3)
