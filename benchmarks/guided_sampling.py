@@ -98,10 +98,12 @@ def toy_conditions(anima, prompts: list[str], tmp: Path) -> tuple[dict, float]:
 
 def full_width_two_blocks():
     """A full-width Anima DiT with 2 of its 28 blocks, random weights, and hand-made conditioning (no text path)."""
-    from anima_probe.model.anima import Anima, build_transformer
-    from anima_probe.model.dit_file import DiTConfig
+    from dataclasses import replace
 
-    c = DiTConfig(2048, 2, 128, 8192, 1024, 256, 16, 16, 2)
+    from anima_probe.model.anima import Anima, build_transformer
+    from anima_probe.model.dit_file import ANIMA_DIT
+
+    c = replace(ANIMA_DIT, num_blocks=2)
     torch.manual_seed(0)
     anima = Anima(transformer=build_transformer(c, meta=False).eval(), adapter=None, dit_config=c)
     g = torch.Generator().manual_seed(0)

@@ -33,18 +33,16 @@ def _child_load(path: str) -> None:
 def write_full_size(path: Path) -> int:
     from anima_probe.model.dit_file import (
         ADAPTER_PREFIX,
-        AdapterConfig,
-        DiTConfig,
+        ANIMA_ADAPTER,
+        ANIMA_DIT,
         adapter_layout,
         dit_layout,
     )
     from anima_probe.model.tiny import write_dit_file
 
-    dit = DiTConfig(2048, 28, 128, 8192, 1024, 256, 16, 16, 2)
-    ad = AdapterConfig(1024, 1024, 6, 64, 4096, 32128)
-    state = {k: torch.empty(s, dtype=torch.bfloat16).normal_(0, 0.02) for k, s in dit_layout(dit).items()}
+    state = {k: torch.empty(s, dtype=torch.bfloat16).normal_(0, 0.02) for k, s in dit_layout(ANIMA_DIT).items()}
     state.update({ADAPTER_PREFIX + k: torch.empty(s, dtype=torch.bfloat16).normal_(0, 0.02)
-                  for k, s in adapter_layout(ad).items()})
+                  for k, s in adapter_layout(ANIMA_ADAPTER).items()})
     write_dit_file(path, state, "model.diffusion_model.")
     return path.stat().st_size
 
@@ -66,7 +64,7 @@ def forward_times(c, tokens_side: int, reps: int = 3) -> dict:
 
 
 def main() -> None:
-    from anima_probe.model.dit_file import DiTConfig
+    from anima_probe.model.dit_file import ANIMA_DIT
     from anima_probe.model.tiny import TINY_DIT
 
     with tempfile.TemporaryDirectory() as d:
@@ -74,7 +72,7 @@ def main() -> None:
         size = write_full_size(path)
         res = json.loads(subprocess.run([sys.executable, __file__, "--child", str(path)], check=True,
                                         capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    full2 = DiTConfig(2048, 2, 128, 8192, 1024, 256, 16, 16, 2)
+    full2 = replace(ANIMA_DIT, num_blocks=2)
     tiny = forward_times(TINY_DIT, 16)
     wide = forward_times(replace(full2), 32)
     lines = [

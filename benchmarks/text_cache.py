@@ -94,7 +94,7 @@ def full_text_side_folder(out: Path) -> Path:
     from anima_probe.model.anima import default_model_dir
     from anima_probe.model.dit_file import (
         ADAPTER_PREFIX,
-        AdapterConfig,
+        ANIMA_ADAPTER,
         DiTConfig,
         adapter_layout,
         dit_layout,
@@ -112,8 +112,7 @@ def full_text_side_folder(out: Path) -> Path:
                     in_channels=16, out_channels=16, patch=2)
     g = torch.Generator().manual_seed(0)
     state = random_tensors(dit_layout(dit), g)
-    adapter = AdapterConfig(1024, 1024, 6, 64, 4096, 32128)  # ANIMA.md §1
-    state.update({ADAPTER_PREFIX + k: v for k, v in random_tensors(adapter_layout(adapter), g).items()})
+    state.update({ADAPTER_PREFIX + k: v for k, v in random_tensors(adapter_layout(ANIMA_ADAPTER), g).items()})
     write_dit_file(out / "diffusion_models" / "anima-fulltext-random.safetensors",
                    {k: v.to(torch.bfloat16) for k, v in state.items()}, "net.")
     return out

@@ -51,9 +51,9 @@ def qwen3_06b() -> torch.nn.Module:
 
 def full_adapter() -> torch.nn.Module:
     from anima_probe.model.anima import build_adapter
-    from anima_probe.model.dit_file import AdapterConfig
+    from anima_probe.model.dit_file import ANIMA_ADAPTER
 
-    return build_adapter(AdapterConfig(1024, 1024, 6, 64, 4096, 32128), meta=False).eval()
+    return build_adapter(ANIMA_ADAPTER, meta=False).eval()
 
 
 def token_batches(n: int, batch: int, seed: int, take: int | None = None) -> list[PromptTokens]:

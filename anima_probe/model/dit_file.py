@@ -64,6 +64,12 @@ class AdapterConfig:
         return self.model_dim // self.head_dim
 
 
+# The released Anima's dimensions (docs/anima.md, "Architecture and dimensions"), for building it with random weights.
+ANIMA_DIT = DiTConfig(hidden=2048, num_blocks=28, head_dim=128, mlp_hidden=8192, text_dim=1024, adaln_lora_dim=256,
+                      in_channels=16, out_channels=16, patch=2)
+ANIMA_ADAPTER = AdapterConfig(source_dim=1024, model_dim=1024, num_layers=6, head_dim=64, mlp_hidden=4096, vocab=32128)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reading
 

@@ -35,8 +35,9 @@ def test_layout_of_full_config_is_the_published_key_list():
     adapter = {k[len("llm_adapter."):]: v for k, v in published.items() if k.startswith("llm_adapter.")}
     c = ckpt.infer_dit_config(dit)
     assert (c.hidden, c.num_blocks, c.num_heads, c.in_channels, c.patch) == (2048, 28, 16, 16, 2)
+    assert c == ckpt.ANIMA_DIT and ckpt.infer_adapter_config(adapter) == ckpt.ANIMA_ADAPTER
     assert ckpt.dit_layout(c) == dit
-    assert ckpt.adapter_layout(ckpt.infer_adapter_config(adapter)) == adapter
+    assert ckpt.adapter_layout(ckpt.ANIMA_ADAPTER) == adapter
     assert len(published) == 685
 
 
