@@ -296,15 +296,17 @@ def markdown(record: dict) -> str:
         "",
         "| measure | value | target |",
         "|---|---|---|",
-        f"| one forward (median of {s['reps']}) | {1e3 * f['seconds']:.1f} ms, {f['flops']['total'] / 1e12:.2f} TFLOP, "
-        f"{f['achieved_tflops']:.0f} TFLOP/s | |",
+        f"| one forward (median of {s['reps']}) | {1e3 * f['seconds']:.1f} ms, "
+        f"{f['flops']['total'] / 1e12:.2f} TFLOP, {f['achieved_tflops']:.0f} TFLOP/s | |",
         f"| forward share of the dense bf16 peak | {share} | >= 40 %: {_verdict(t['forward_share_of_peak'])} |",
         f"| guided (pooled_text_proj, w={s['w']:g}, every block) / unguided sampling, {s['steps']} Euler steps, "
         f"CFG {s['cfg']:g} | **{smp['guided_over_unguided']:.3f}x** ({smp['guided_s']:.2f} s / "
         f"{smp['unguided_s']:.2f} s) | <= 1.03x: {_verdict(t['guided_over_unguided'])} |",
         f"| one distillation step / one forward | **{d['step_over_forward']:.2f}x** ({1e3 * d['step_s']:.0f} ms) | |",
-        f"| the same with gradient checkpointing | {d['step_ckpt_over_forward']:.2f}x ({1e3 * d['step_ckpt_s']:.0f} ms) | |",
-        f"| whole command (build included) | {record['total_seconds']:.0f} s | < 480 s: {_verdict(t['total_seconds'])} |",
+        f"| the same with gradient checkpointing | {d['step_ckpt_over_forward']:.2f}x "
+        f"({1e3 * d['step_ckpt_s']:.0f} ms) | |",
+        f"| whole command (build included) | {record['total_seconds']:.0f} s | "
+        f"< 480 s: {_verdict(t['total_seconds'])} |",
         "",
         "**Peak memory allocated by torch while each phase ran, weights included (GiB)**",
         "",

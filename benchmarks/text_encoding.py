@@ -1,8 +1,8 @@
 """Benchmark: how fast does this CPU turn captions into `crossattn_emb` with a full-size Qwen3-0.6B + LLM adapter?
 
-Both models are full size with random weights (no weights are downloaded): Qwen3-0.6B Base dims (ANIMA.md §5: 28
-layers, hidden 1024, 16 q / 8 kv heads, head_dim 128, vocab 151,936, tied embeddings; MLP 3,072 from the published
-Qwen3-0.6B config, which ANIMA.md does not list) and the 6-layer adapter (`AdapterConfig` of ANIMA.md §1).
+Both models are full size with random weights (no weights are downloaded): Qwen3-0.6B Base dims (docs/anima.md,
+"Text path": 28 layers, hidden 1024, 16 q / 8 kv heads, head_dim 128, MLP 3,072, vocab 151,936, tied embeddings)
+and the 6-layer adapter (`ANIMA_ADAPTER`, docs/anima.md "Architecture and dimensions").
 Speed does not depend on the weight values. The project's own path runs: `text.qwen_states` then `text.crossattn`,
 length-bucketed batches as `text.encode_prompts` makes them.
 

@@ -4,8 +4,8 @@ Every probe that generates an image goes through one of these small pure functio
 k-diffusion's ``sampling.py``: one signature, a tqdm bar, a callback dict per step), so a result can name
 its sampler and schedule exactly and be re-run bit for bit.
 
-Conventions (Anima, facts sheet ANIMA.md §7): ``x_t = sigma*noise + (1-sigma)*x0``; the model predicts the
-velocity ``v ~ noise - x0``; the denoised estimate is ``x0 = x_t - sigma*v``; ``sigma`` in [0, 1] is fed to the
+Conventions (docs/anima.md, "Flow-matching conventions"): ``x_t = sigma*noise + (1-sigma)*x0``; the model predicts
+the velocity ``v ~ noise - x0``; the denoised estimate is ``x0 = x_t - sigma*v``; ``sigma`` in [0, 1] is fed to the
 model directly. Denoiser contract: ``velocity_fn(x, sigma: (B,) float32 tensor) -> v`` with ``v.shape == x.shape``.
 
 ER-SDE (Cui et al. 2023) in the flow parametrisation -- derivation

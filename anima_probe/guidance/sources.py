@@ -1,7 +1,8 @@
 """The two families of modulation source, their file formats, Eq. 3 and per-block weight schedules.
 
 Answers: "given a pooled text vector, what vector does modulation guidance add, to which blocks, on which CFG row?"
-for both Anima ports, without touching the model (hooks live elsewhere). Facts: MOD_GUIDANCE.md §1.3, §2.
+for both Anima ports, without touching the model (hooks live elsewhere). Facts, with their sources:
+docs/modulation-guidance.md ("The paper", "The two Anima ports").
 
 (a) sorryhyun's ``pooled_text_proj`` (self-distilled on Anima): max-pooled ``crossattn_emb`` (B, 1024) ->
     ``Linear -> SiLU -> Linear`` -> (B, D), added to the output of ``t_embedding_norm``. bf16 safetensors with keys
@@ -415,8 +416,8 @@ class CFGRowPolicy(str, enum.Enum):
     """Official Cosmos sampler: uncond row ``P("")`` (empty prompt), no delta. Same algebra as cond-only; the
     difference is the prompt behind ``base_uncond`` (see ``uncond_base_prompt``)."""
     PER_ROW_BASE = "per-row-base"
-    """sorryhyun's stack (facts §2.2): each row its own base (uncond: the CFG negative) plus the same
-    ``w*delta`` on both rows, so the delta reaches the output at about x1, not amplified by CFG."""
+    """sorryhyun's stack (docs/modulation-guidance.md): each row its own base (uncond: the CFG negative) plus the
+    same ``w*delta`` on both rows, so the delta reaches the output at about x1, not amplified by CFG."""
 
 
 def row_vectors(policy: CFGRowPolicy | str, base_cond: torch.Tensor, base_uncond: torch.Tensor | None,

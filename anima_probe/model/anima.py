@@ -1,9 +1,9 @@
 """The frozen Anima, loaded from its published files: DiT + LLM adapter, Qwen3 text encoder, tokenizers, VAE.
 
 Built on diffusers' `CosmosTransformer3DModel` / `AnimaTextConditioner` and transformers' `Qwen3Model`, configured from
-tensor shapes, with the two measured deviations of diffusers from Anima corrected (facts sheet §12): the per-head q/k
-RMSNorm eps is 1e-6, and the RoPE table is large enough for any image size users run. The padding-mask channel
-(all zeros for text-to-image) is concatenated here, so nothing needs torchvision.
+tensor shapes, with the two deviations of diffusers from Anima corrected (docs/anima.md, "Building it on diffusers"):
+the per-head q/k RMSNorm eps is 1e-6, and the RoPE table is large enough for any image size users run. The
+padding-mask channel (all zeros for text-to-image) is concatenated here, so nothing needs torchvision.
 """
 
 from __future__ import annotations

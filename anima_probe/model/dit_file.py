@@ -1,10 +1,10 @@
 """How is an Anima DiT file laid out, and does this file match it?
 
-The published single file holds the MiniTrainDIT tensors plus the LLM adapter (`llm_adapter.*`), under one of the
-key prefixes `net.`, `model.diffusion_model.` or none (facts sheet §2). This module reads such a file lazily, detects
-the prefix, infers every dimension from tensor shapes (so the 28-block release, a 40-block depth-expanded variant and
-the tiny twins share one code path), and checks the key set strictly against the layout those dimensions imply.
-Errors name the file, the detected format and the first offending keys with counts.
+The published single file holds the MiniTrainDIT tensors plus the LLM adapter (`llm_adapter.*`), under one of the key
+prefixes `net.`, `model.diffusion_model.` or none (docs/anima.md, "Checkpoint keys and prefixes"). This module reads
+such a file lazily, detects the prefix, infers every dimension from tensor shapes (so the 28-block release, a
+40-block depth-expanded variant and the tiny twins share one code path), and checks the key set strictly against the
+layout those dimensions imply. Errors name the file, the detected format and the first offending keys with counts.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ class AdapterConfig:
 # The released Anima's dimensions (docs/anima.md, "Architecture and dimensions"), for building it with random weights.
 ANIMA_DIT = DiTConfig(hidden=2048, num_blocks=28, head_dim=128, mlp_hidden=8192, text_dim=1024, adaln_lora_dim=256,
                       in_channels=16, out_channels=16, patch=2)
-ANIMA_ADAPTER = AdapterConfig(source_dim=1024, model_dim=1024, num_layers=6, head_dim=64, mlp_hidden=4096, vocab=32128)
+ANIMA_ADAPTER = AdapterConfig(source_dim=1024, model_dim=1024, num_layers=6, head_dim=64, mlp_hidden=4096,
+                              vocab=32128)
 
 
 # ----------------------------------------------------------------------------------------------------------------

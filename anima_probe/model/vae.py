@@ -2,8 +2,8 @@
 
 Question this module answers: *which latent does the Anima DiT actually see for an image, and how do we get
 back to pixels?* Anima denoises Wan2.1-normalised latents ``(z - mean) / std`` of the Qwen-Image VAE, a
-Wan2.1-architecture 3D causal VAE (facts: ANIMA.md section 6). Images are T=1 videos inside the VAE; the
-public functions here hide that and speak (B, 3, H, W) pixels in [-1, 1] and (B, 16, H/8, W/8) latents.
+Wan2.1-architecture 3D causal VAE (docs/anima.md, "VAE and latent normalisation"). Images are T=1 videos inside the
+VAE; the public functions here hide that and speak (B, 3, H, W) pixels in [-1, 1] and (B, 16, H/8, W/8) latents.
 
 The published ``qwen_image_vae.safetensors`` uses the original Wan2.1 key names (``encoder.downsamples.N``,
 ``decoder.upsamples.N``, ``middle.K.residual.J``, ``head.2``, top-level ``conv1``/``conv2``). diffusers'
@@ -25,7 +25,8 @@ from diffusers import AutoencoderKLQwenImage
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-# Wan2.1 latent statistics (ComfyUI latent_formats.Wan21, diffusers and diffusion-pipe agree; ANIMA.md s.6).
+# Wan2.1 latent statistics (ComfyUI latent_formats.Wan21; diffusers and diffusion-pipe agree). docs/anima.md holds
+# them as a table, which tests/integration/model/test_vae.py compares with these.
 LATENT_MEAN: tuple[float, ...] = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,

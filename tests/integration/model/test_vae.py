@@ -13,13 +13,9 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from safetensors.torch import load_file, save_file
 
 from anima_probe.model import vae as V
+from anima_probe.pipeline.runs import REPO_ROOT
 
-# ANIMA.md section 6 (ComfyUI latent_formats.Wan21), copied by hand so a typo in either place fails.
-FACTS_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-              0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]  # fmt: skip
-FACTS_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-             3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160]  # fmt: skip
-FACTS_SHEET = Path("/work/shared/reference/ANIMA.md")
+DOC = REPO_ROOT / "docs" / "anima.md"  # its "VAE and latent normalisation" table: channel | mean | std
 REAL_CONFIG = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
                "temperal_downsample": [False, True, True], "input_channels": 3}  # fmt: skip
 TINY_CONFIG = {"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1,
@@ -45,21 +41,23 @@ def rewrite(src: Path, dst: Path, edit) -> Path:
 
 
 # --- constants ---------------------------------------------------------------------------------------------
-def test_latent_constants_match_facts_sheet_and_diffusers_defaults():
-    assert list(V.LATENT_MEAN) == FACTS_MEAN and list(V.LATENT_STD) == FACTS_STD
+def doc_latent_table() -> tuple[list[float], list[float]]:
+    """(mean, std) per channel from the table in docs/anima.md, section "VAE and latent normalisation"."""
+    section = DOC.read_text(encoding="utf-8").split("## VAE and latent normalisation", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| (-?\d+\.\d+) \| (\d+\.\d+) \|$", section, re.M)
+    assert [int(c) for c, _, _ in rows] == list(range(16)), f"{DOC}: expected channels 0..15 in the table"
+    return [float(m) for _, m, _ in rows], [float(s) for _, _, s in rows]
+
+
+def test_latent_constants_match_the_docs_table():
+    mean, std = doc_latent_table()
+    assert list(V.LATENT_MEAN) == mean and list(V.LATENT_STD) == std
+
+
+def test_latent_constants_match_diffusers_defaults():
     defaults = inspect.signature(AutoencoderKLQwenImage.__init__).parameters
     assert list(V.LATENT_MEAN) == defaults["latents_mean"].default
     assert list(V.LATENT_STD) == defaults["latents_std"].default
-
-
-def test_latent_constants_match_the_shared_facts_sheet_text():
-    if not FACTS_SHEET.is_file():
-        pytest.skip("shared facts sheet not present on this machine")
-    text = FACTS_SHEET.read_text().replace("\u2212", "-")
-    for name, values in (("mean", V.LATENT_MEAN), ("std", V.LATENT_STD)):
-        found = re.search(rf"{name} = \[([^\]]+)\]", text)
-        assert found, f"{name} line not found in {FACTS_SHEET}"
-        assert [float(x) for x in found.group(1).split(",")] == list(values)
 
 
 # --- key naming --------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_anima_sized_head_has_the_documented_parameter_counts():
     with torch.device("meta"):
         plain, film = PooledTextProjection(2048), PooledTextProjection(2048, sigma_film=True)
     assert sum(p.numel() for p in plain.parameters()) == 6_295_552
-    assert sum(p.numel() for p in film.parameters()) == 14_688_256  # the facts sheet's "14.7 M"
+    assert sum(p.numel() for p in film.parameters()) == 14_688_256  # "14.7 M" with sigma-FiLM (docs)
 
 
 def test_zero_init_projection_returns_zeros_with_and_without_film():
