@@ -62,9 +62,9 @@ def test_full_size_linear_flops_are_twice_tokens_times_each_weight():
 
 
 def test_peak_lookup_prefers_the_most_specific_name():
-    assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
-    assert gpu.peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert gpu.peak_tflops("NVIDIA H200 NVL") == 835.0
+    assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.5
+    assert gpu.peak_tflops("NVIDIA H100 PCIe") == 756.5
+    assert gpu.peak_tflops("NVIDIA H200 NVL") == 835.5
     assert gpu.peak_tflops("some other card") is None
 
 
@@ -98,7 +98,8 @@ def test_smoke_section_is_read_by_the_performance_summary(smoke):
     ratios = {r["row"]: r for r in performance_ratios(out / "performance.md")}
     guided = next(r for row, r in ratios.items() if row.startswith("guided"))
     assert guided["value"] == round(record["sampling"]["guided_over_unguided"], 3)
-    assert guided["command"] == ".venv/bin/python benchmarks/gpu.py" and guided["section"] == "gpu"
+    assert guided["command"] == record["command"] and guided["section"] == "gpu"
+    assert record["command"] == f".venv/bin/python benchmarks/gpu.py --device cpu --tiny --out {out}"
     assert ratios["one distillation step / one forward"]["value"] == round(record["distill"]["step_over_forward"], 2)
     assert all("not judged" in sentence for _, sentence in performance_targets(out / "performance.md"))
 
