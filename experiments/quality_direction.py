@@ -39,6 +39,20 @@ class QualityDirectionConfig:
     seed: int = 0
 
 
+def _score(table, key: str, plus: str, minus: str, nulls: dict, contents: list[str], config: QualityDirectionConfig):
+    """One pooling: its stats, the cosine matrix of its 8 directions, and its null.csv and sweep.csv rows.
+    `nulls` maps (tags+, tags-) to draws, the matched counts first."""
+    dirs = dr.content_directions(table, key, plus, minus, contents, config.template)  # (8, D)
+    ci = dr.mean_pairwise_ci(dirs, n_boot=config.n_boot, seed=config.seed)
+    by_size = {tags: dr.consistency_null(table, key, draws, contents, config.template) for tags, draws in nulls.items()}
+    null = next(iter(by_size.values()))  # (n_null,), the matched null
+    stats = {"cos_mean": ci.value, "cos_ci_low": ci.low, "cos_ci_high": ci.high, "cos_min": dr.mean_pairwise(dirs)[1],
+             **null_summary(ci.value, null)}
+    curve = [f"{key},{a},{b}," + ",".join(f"{q:.6f}" for q in np.quantile(n, [0.05, 0.5, 0.95])) + f",{ci.value:.6f}"
+             for (a, b), n in by_size.items()]
+    return stats, cosine_matrix(dirs), [f"{key},{i},{v:.6f}" for i, v in enumerate(null)], curve
+
+
 def fn(ctx: Context, config: QualityDirectionConfig) -> Result:
     sets, check = checked_prompt_sets(ctx.anima, config.prompt_sets)
     plus = sets["guidance"]["positive"] if config.positive is None else config.positive
@@ -47,24 +61,15 @@ def fn(ctx: Context, config: QualityDirectionConfig) -> Result:
     check_prompt_set(ctx.anima, [("positive=", plus), ("negative=", minus)])  # overrides are prompts too
     contents, pool = [c["prompt"] for c in sets["content_types"]], sets["tag_sets"]["neutral"]
     sizes = (dr.tag_count(plus), dr.tag_count(minus))
-    matched = dr.random_tag_sets(pool, config.n_null, sizes, config.seed)
-    sweep = dr.sweep_draws(pool, config.n_sweep, config.sweep, config.seed)
-    sides = [plus, minus] + [t for d in matched + [d for ds in sweep.values() for d in ds] for t in d]
+    nulls = {sizes: dr.random_tag_sets(pool, config.n_null, sizes, config.seed)}
+    nulls |= {(k, k): d for k, d in dr.sweep_draws(pool, config.n_sweep, config.sweep, config.seed).items()
+              if (k, k) != sizes}  # the matched null stays the one with n_null draws
+    sides = [plus, minus] + [t for ds in nulls.values() for d in ds for t in d]
     table = dr.pooled_table(ctx, [dr.compose(config.template, t, c) for t in sides for c in contents])
-    stats, matrices, nulls, curve = {}, {}, [], []
+    stats, matrices, null_rows, curve = {}, {}, [], []
     for key in dr.check_poolings(config.poolings):
-        dirs = dr.content_directions(table, key, plus, minus, contents, config.template)  # (8, D)
-        ci = dr.mean_pairwise_ci(dirs, n_boot=config.n_boot, seed=config.seed)
-        null = dr.consistency_null(table, key, matched, contents, config.template)  # (n_null,)
-        stats[key] = {"cos_mean": ci.value, "cos_ci_low": ci.low, "cos_ci_high": ci.high,
-                      "cos_min": dr.mean_pairwise(dirs)[1], **null_summary(ci.value, null)}
-        matrices[key] = cosine_matrix(dirs)
-        nulls += [f"{key},{i},{v:.6f}" for i, v in enumerate(null)]
-        for k, draws in sweep.items():
-            q = np.quantile(dr.consistency_null(table, key, draws, contents, config.template), [0.05, 0.5, 0.95])
-            curve.append(f"{key},{k},{k},{q[0]:.6f},{q[1]:.6f},{q[2]:.6f},{ci.value:.6f}")
-        q = np.quantile(null, [0.05, 0.5, 0.95])
-        curve.append(f"{key},{sizes[0]},{sizes[1]},{q[0]:.6f},{q[1]:.6f},{q[2]:.6f},{ci.value:.6f}")
+        stats[key], matrices[key], rows, points = _score(table, key, plus, minus, nulls, contents, config)
+        null_rows, curve = null_rows + rows, curve + points
     for key, p_adj in zip(stats, holm([s["p"] for s in stats.values()]), strict=True):
         stats[key]["p_holm"] = float(p_adj)
     metrics = {f"{s}/{key}": v for key, by in stats.items() for s, v in by.items()}
@@ -73,7 +78,7 @@ def fn(ctx: Context, config: QualityDirectionConfig) -> Result:
             f"seed {config.seed}; CI: BCa over the {len(contents)} contents. " + check.describe())
     return Result(metrics, {k: BETTER[k.split("/")[0]] for k in metrics}, tables={
         "pairwise_cosines.csv": _csv(matrices, labels), "summary.md": _summary(stats, note),
-        "null.csv": "pooling,draw,mean_cosine\n" + "\n".join(nulls) + "\n",
+        "null.csv": "pooling,draw,mean_cosine\n" + "\n".join(null_rows) + "\n",
         "sweep.csv": "pooling,tags_plus,tags_minus,null_q05,null_q50,null_q95,observed\n" + "\n".join(curve) + "\n"})
 
 

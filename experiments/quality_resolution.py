@@ -51,33 +51,39 @@ def _nulls(table, key, quality, draws, contents, template) -> tuple[dict[str, np
     return {"standalone": np.array([a for a, _ in runs]), "per_content": per.mean(axis=1)}, per
 
 
+def _score(table, key: str, axes: dict, nulls: dict, contents: list[str], config: QualityResolutionConfig):
+    """One pooling: stats per scope, the per-content cosines (C,), and its null.csv and sweep.csv rows. `nulls`
+    maps (tags+, tags-) to draws, the matched counts first."""
+    alone, per = dr.scope_cosines(table, key, axes["quality"], axes["resolution"], contents, config.template)
+    ci = cluster_bca((per,), lambda x, axis=-1: x.mean(axis), n_boot=config.n_boot, seed=config.seed)
+    by_size = {tags: _nulls(table, key, axes["quality"], draws, contents, config.template)
+               for tags, draws in nulls.items()}
+    (null, null_per), observed = next(iter(by_size.values())), {"standalone": alone, "per_content": ci.value}
+    stats = {"standalone": {"cos": alone, **null_summary(alone, null["standalone"], two_sided=True)},
+             "per_content": {"cos": ci.value, "cos_ci_low": ci.low, "cos_ci_high": ci.high,
+                             **null_summary(ci.value, null["per_content"])}}
+    rows = [f"{key},{s},{i},{v:.6f}" for s in SCOPES for i, v in enumerate(null[s])]
+    rows += [f"{key},single_content,{i},{v:.6f}" for i, v in enumerate(null_per.ravel())]
+    curve = [f"{key},{s},{a},{b}," + ",".join(f"{q:.6f}" for q in np.quantile(n[s], [0.05, 0.5, 0.95]))
+             + f",{observed[s]:.6f}" for (a, b), (n, _) in by_size.items() for s in SCOPES]
+    return stats, per, rows, curve
+
+
 def fn(ctx: Context, config: QualityResolutionConfig) -> Result:
     sets, check = checked_prompt_sets(ctx.anima, config.prompt_sets)
     axes = axis_prompts(sets["tag_sets"])
     contents, pool = [c["prompt"] for c in sets["content_types"]], sets["tag_sets"]["neutral"]
     sizes = tuple(dr.tag_count(t) for t in axes["resolution"])
-    matched = dr.random_tag_sets(pool, config.n_null, sizes, config.seed)
-    sweep = dr.sweep_draws(pool, config.n_sweep, config.sweep, config.seed)
-    sides = [t for pair in axes.values() for t in pair] + [t for d in matched + [d for ds in sweep.values() for d in ds]
-                                                          for t in d]
+    nulls = {sizes: dr.random_tag_sets(pool, config.n_null, sizes, config.seed)}
+    nulls |= {(k, k): d for k, d in dr.sweep_draws(pool, config.n_sweep, config.sweep, config.seed).items()
+              if (k, k) != sizes}  # the matched null stays the one with n_null draws
+    sides = [t for pair in axes.values() for t in pair] + [t for ds in nulls.values() for d in ds for t in d]
     table = dr.pooled_table(ctx, sides + [dr.compose(config.template, t, c) for t in sides for c in contents])
     stats, per_content, null_rows, curve = {}, {}, [], []
     for key in dr.check_poolings(config.poolings):
-        alone, per = dr.scope_cosines(table, key, axes["quality"], axes["resolution"], contents, config.template)
-        ci = cluster_bca((per,), lambda x, axis=-1: x.mean(axis), n_boot=config.n_boot, seed=config.seed)
-        null, null_per = _nulls(table, key, axes["quality"], matched, contents, config.template)
-        stats[("standalone", key)] = {"cos": alone, **null_summary(alone, null["standalone"], two_sided=True)}
-        stats[("per_content", key)] = {"cos": ci.value, "cos_ci_low": ci.low, "cos_ci_high": ci.high,
-                                       **null_summary(ci.value, null["per_content"])}
-        per_content[key] = per
-        null_rows += [f"{key},{s},{i},{v:.6f}" for s in SCOPES for i, v in enumerate(null[s])]
-        null_rows += [f"{key},single_content,{i},{v:.6f}" for i, v in enumerate(null_per.ravel())]
-        for tags, draws in [*(((k, k), d) for k, d in sweep.items()), (sizes, matched)]:
-            null_k = null if draws is matched else _nulls(table, key, axes["quality"], draws, contents,
-                                                          config.template)[0]
-            for s in SCOPES:
-                q = np.quantile(null_k[s], [0.05, 0.5, 0.95])
-                curve.append(f"{key},{s},{tags[0]},{tags[1]},{q[0]:.6f},{q[1]:.6f},{q[2]:.6f},{stats[(s, key)]['cos']:.6f}")
+        by_scope, per_content[key], rows, points = _score(table, key, axes, nulls, contents, config)
+        stats |= {(scope, key): v for scope, v in by_scope.items()}
+        null_rows, curve = null_rows + rows, curve + points
     for sk, p_adj in zip(stats, holm([s["p"] for s in stats.values()]), strict=True):
         stats[sk]["p_holm"] = float(p_adj)
     metrics = {f"{scope}/{s}/{key}": v for (scope, key), by in stats.items() for s, v in by.items()}

@@ -305,8 +305,8 @@ def test_quality_direction_finds_a_planted_shared_direction(tiny_anima, tmp_path
     assert m["cos_ci_low/crossattn_emb/max_padded"] > m["null_q95/crossattn_emb/max_padded"]
     assert m["p/crossattn_emb/max_padded"] == pytest.approx(1 / 31)  # above every null draw: the p floor
     rows = list(csv.DictReader((out / "sweep.csv").open()))
-    assert (rows[-1]["tags_plus"], rows[-1]["tags_minus"]) == ("7", "5")  # the matched null: p+ / p-'s counts
-    assert [int(r["tags_plus"]) for r in rows[:-1]] == [1, 2, 3, 4, 5, 6, 7]  # 50 neutral tags fill the sweep
+    assert (rows[0]["tags_plus"], rows[0]["tags_minus"]) == ("7", "5")  # the matched null: p+ / p-'s counts
+    assert [int(r["tags_plus"]) for r in rows[1:]] == [1, 2, 3, 4, 5, 6, 7]  # 50 neutral tags fill the sweep
 
 
 def test_quality_resolution_finds_planted_within_content_alignment(tiny_anima, tmp_path, monkeypatch):
