@@ -74,6 +74,15 @@ STYLES: dict[str, ArtistStyle] = {
     "@gin_tetsu": ArtistStyle(("#5a6470", "#aab4bf", "#3d4a5a", "#7d8b99", "#ff7a1a", "#1d242c"), "#101418", 1.0, "crosshatch", "gradient"),
 }
 ARTISTS: tuple[str, ...] = tuple(STYLES)
+# Styles the shipped toy model never saw, for adapters (LoRA) to teach it. Kept out of STYLES / ARTISTS so that
+# sample_factors, every seed's images and the 12-artist experiments stay exactly as they were; ask for them by name
+# (`generate(..., artists=NOVEL_ARTISTS)`). "@tsuki_hoshi" takes a texture x shading pair no artist has
+# (stripes x gradient), a dark teal ground and a light outline, so a classifier can tell it from all twelve.
+NOVEL_STYLES: dict[str, ArtistStyle] = {
+    "@tsuki_hoshi": ArtistStyle(("#123e44", "#f6e7c8", "#ff7b5c", "#5cc8a8", "#ffd166", "#0a2226"), "#f6e7c8", 1.2, "stripes", "gradient"),
+}
+NOVEL_ARTISTS: tuple[str, ...] = tuple(NOVEL_STYLES)
+_ALL_STYLES = {**STYLES, **NOVEL_STYLES}
 _ROLE = {"bg": 0, "light": 1, "primary": 2, "secondary": 3, "accent": 4, "dark": 5}
 
 
@@ -89,8 +98,8 @@ class ToyImage:
 
 
 def _check_factors(artist: str, content: str, quality: int, resolution: str) -> None:
-    if artist not in STYLES:
-        raise ValueError(f"unknown artist {artist!r}; expected one of {ARTISTS}")
+    if artist not in _ALL_STYLES:
+        raise ValueError(f"unknown artist {artist!r}; expected one of {ARTISTS + NOVEL_ARTISTS}")
     if content not in CONTENT_TAGS:
         raise ValueError(f"unknown content {content!r}; expected one of {CONTENT_TYPES}")
     if isinstance(quality, bool) or int(quality) != quality or quality not in QUALITY_LEVELS:
@@ -406,7 +415,7 @@ def render(artist: str, content: str, quality: int, resolution: str, rng: np.ran
     if size < 16 or size % 8:
         raise ValueError(f"size must be a multiple of 8 and at least 16 (8x8 blocks, 2x lowres), got {size}")
     n = int(round(size * RESOLUTION_SCALE[resolution]))
-    img = _resample(_draw(_SCENES[content](rng), STYLES[artist], n, size, rng), size)  # (size, size, 3)
+    img = _resample(_draw(_SCENES[content](rng), _ALL_STYLES[artist], n, size, rng), size)  # (size, size, 3)
     return np.clip(_degrade(img, int(quality), rng), 0.0, 1.0).astype(np.float32)
 
 
@@ -443,15 +452,19 @@ def _sample_resolution(content: str, quality: int, rng: np.random.Generator) -> 
     return _RESOLUTION_ORDER[int(np.searchsorted(_RESOLUTION_CUTS, latent))]
 
 
-def sample_factors(n: int, seed: int) -> list[dict]:
-    """n draws of {artist, content, quality, resolution}: artist, content, quality uniform and independent;
-    resolution depends on quality with a per-content strength (RESOLUTION_QUALITY_SLOPE)."""
+def sample_factors(n: int, seed: int, artists: tuple[str, ...] = ARTISTS) -> list[dict]:
+    """n draws of {artist, content, quality, resolution}: artist (from `artists`), content, quality uniform and
+    independent; resolution depends on quality with a per-content strength (RESOLUTION_QUALITY_SLOPE)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if not artists:
+        raise ValueError("artists must name at least one artist")
+    for a in artists:
+        _check_factors(a, CONTENT_TYPES[0], QUALITY_LEVELS[0], RESOLUTION_TAGS[0])
     out = []
     for i in range(n):
         rng = _item_rng(seed, 0, i)
-        artist = ARTISTS[int(rng.integers(len(ARTISTS)))]
+        artist = artists[int(rng.integers(len(artists)))]
         content = CONTENT_TYPES[int(rng.integers(len(CONTENT_TYPES)))]
         quality = int(rng.integers(QUALITY_LEVELS[0], QUALITY_LEVELS[-1] + 1))
         out.append({"artist": artist, "content": content, "quality": quality,
@@ -459,10 +472,11 @@ def sample_factors(n: int, seed: int) -> list[dict]:
     return out
 
 
-def generate(n: int, seed: int, size: int = 32) -> list[ToyImage]:
-    """n captioned toy images; item i depends only on (seed, i), so a longer run extends a shorter one."""
+def generate(n: int, seed: int, size: int = 32, artists: tuple[str, ...] = ARTISTS) -> list[ToyImage]:
+    """n captioned toy images; item i depends only on (seed, i), so a longer run extends a shorter one.
+    `artists` picks whose styles are drawn (default: the twelve the toy model was trained on)."""
     images = []
-    for i, f in enumerate(sample_factors(n, seed)):
+    for i, f in enumerate(sample_factors(n, seed, artists)):
         img = render(f["artist"], f["content"], f["quality"], f["resolution"], _item_rng(seed, 1, i), size)
         caption = caption_for(f["artist"], f["content"], f["quality"], f["resolution"], _item_rng(seed, 2, i))
         images.append(ToyImage(id=f"toy-s{seed}-{i:06d}", caption=caption, image=img, **f))
