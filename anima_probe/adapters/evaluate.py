@@ -4,7 +4,8 @@ The artist classifier (`toyworld.classifier`, fitted on procedural images only, 
 13 artists: the twelve shipped ones and the novel one. The toy model samples the same prompts from the same noise
 with and without the adapter; accuracy is the share of samples whose predicted artist is the prompted one.
 - novel artist: 8 contents x 4 meta prefixes = 32 prompts with the novel tag. Base vs adapter, paired by prompt and
-  noise; the 95 % interval of the difference is a bootstrap over prompts (a prompt's samples move together).
+  noise; the 95 % interval of the difference is a bootstrap over prompts (a prompt's samples move together when
+  there are several per prompt).
 - the other twelve: 12 artists x 8 contents = 96 prompts, with and without the adapter (style bleed shows as a drop).
 The base model has never seen the novel tag, so its novel accuracy is the negative control (near 0: it draws some
 shipped artist); the classifier's held-out accuracy on procedural images of all 13 is the positive control.
@@ -37,9 +38,11 @@ META_PREFIXES = ("score_8", "score_6", "highres, score_7", "masterpiece, best qu
 class NovelArtistEvalConfig:
     artist: str = NOVEL_ARTISTS[0]
     seed: int = 0  # sampling noise (the same for base and adapter)
-    steps: int = 20  # Euler steps, shift 3, as toyworld-evidence
+    # 12 Euler steps (toyworld-evidence uses 20): on the shared 2-core machine every sample counts, and palette,
+    # outline and texture are settled long before the last steps (fixed before any adapter was evaluated).
+    steps: int = 12
     cfg: float = 4.0
-    novel_samples_per_prompt: int = 2
+    novel_samples_per_prompt: int = 1
     others: bool = True  # also sample the twelve shipped artists
     classifier_images: int = 2400  # of the twelve shipped artists
     novel_classifier_images: int = 200

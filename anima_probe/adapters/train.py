@@ -15,6 +15,7 @@ the baked file + `_moe`).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -136,10 +137,11 @@ def _loss(anima, cfg: LoraTrainConfig, novel: _Set, prior: _Set | None, step: in
     return F.mse_loss(v.float(), velocity_target(x0, noise))
 
 
-def _export(anima, layers: dict, cfg: LoraTrainConfig, out_dir: Path) -> Path:
+def _export(anima, layers: dict, cfg: LoraTrainConfig, out_dir: Path, step: int) -> Path:
     """The adapter's current weights in its community format: `<artist>-<kind>.safetensors` (kohya keys)."""
     path = out_dir / f"{cfg.artist.lstrip('@')}-{cfg.kind}.safetensors"
-    meta = {"artist": cfg.artist, "kind": cfg.kind, "config": json.dumps(asdict(cfg), sort_keys=True)}
+    meta = {"artist": cfg.artist, "kind": cfg.kind, "step": str(step),
+            "config": json.dumps(asdict(cfg), sort_keys=True)}
     if cfg.kind == "hydra":
         weights = hydra.hydra_weights(layers, ADAPTER)
         weights.lora.metadata |= meta
@@ -209,7 +211,7 @@ def train_lora(out_dir: str | Path, cfg: LoraTrainConfig = LoraTrainConfig(), mo
     with torch.no_grad():
         for k, v in live.items():
             v.copy_(ema[k])
-    path = _export(anima, layers, cfg, out_dir)
+    path = _export(anima, layers, cfg, out_dir, cfg.steps)
     if hooks is not None:
         hooks.remove()
     remove_lora(anima, ADAPTER)
@@ -217,6 +219,42 @@ def train_lora(out_dir: str | Path, cfg: LoraTrainConfig = LoraTrainConfig(), mo
         "config": asdict(cfg), "file": path.name, "steps_this_run": cfg.steps - start, "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1), "threads": torch.get_num_threads()}, indent=2) + "\n")
     return path
+
+
+def export_checkpoint(out_dir: str | Path, model: str | Path | None = None) -> Path:
+    """Export the EMA adapter of a run's last checkpoint as `train_lora` would at its end: for a run stopped
+    before its last step (the file's `step` metadata says which step it is)."""
+    out_dir = Path(out_dir)
+    if (state := training.load_checkpoint(out_dir / "checkpoint.pt")) is None:
+        raise FileNotFoundError(f"{out_dir / 'checkpoint.pt'}: no checkpoint to export")
+    cfg = LoraTrainConfig(**state["config"])
+    anima = load_anima(model, with_vae=False, with_text=False)
+    layers, hooks = build_adapter(anima, cfg)
+    with torch.no_grad():
+        for k, v in adapter_state(layers).items():
+            v.copy_(state["ema"][k])
+    path = _export(anima, layers, cfg, out_dir, state["step"])
+    if hooks is not None:
+        hooks.remove()
+    remove_lora(anima, ADAPTER)
+    return path
+
+
+def plot_loss_curves(runs: dict[str, str | Path], path: str | Path, window: int = 20) -> Path:
+    """Training loss of several runs (label -> run folder), as a `window`-step running mean."""
+    from anima_probe.pipeline.runs import new_figure, save_figure
+
+    fig = new_figure(figsize=(6, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for label, run in runs.items():
+        with open(Path(run) / "loss.csv") as f:
+            rows = [float(r["loss"]) for r in csv.DictReader(f)]
+        smooth = np.convolve(rows, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(window - 1, len(rows)), smooth, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"loss ({window}-step mean)")
+    ax.legend()
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model folder (default: the shipped toy world)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--export-checkpoint", action="store_true",
+                        help="only export OUT_DIR's last checkpoint (EMA) in the community format")
     args = parser.parse_args(argv)
+    if args.export_checkpoint:
+        print(export_checkpoint(args.out_dir, args.model))
+        return 0
     try:
         cfg = apply_overrides(LoraTrainConfig(), args.overrides)
     except (KeyError, ValueError) as err:

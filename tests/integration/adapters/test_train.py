@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from anima_probe.adapters.train import LoraTrainConfig, main, train_lora
+from anima_probe.adapters.train import LoraTrainConfig, export_checkpoint, main, train_lora
 
 FAST = LoraTrainConfig(n_images=8, n_prior=8, steps=4, batch_size=4, warmup=1, checkpoint_every=2, rank=2,
                        alpha=2.0, heads=2)
@@ -24,8 +24,10 @@ def _losses(run):
 def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_model_dir, tmp_path, kind):
     cfg = replace(FAST, kind=kind)
     whole = train_lora(tmp_path / "whole", cfg, tiny_model_dir, progress=False)
-    train_lora(tmp_path / "cut", replace(cfg, steps=2), tiny_model_dir, progress=False)  # stopped after 2 steps ...
-    state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    early = load_file(train_lora(tmp_path / "cut", replace(cfg, steps=2), tiny_model_dir, progress=False))
+    again = load_file(export_checkpoint(tmp_path / "cut", tiny_model_dir))  # a stopped run's checkpoint, exported
+    assert early.keys() == again.keys() and all(torch.equal(early[k], again[k]) for k in early)
+    state = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)  # the run above, stopped at 2 ...
     state["config"] = asdict(cfg)  # ... and resumed under the full schedule (steps 0-1 share its LR: warmup 1)
     torch.save(state, tmp_path / "cut" / "checkpoint.pt")
     resumed = train_lora(tmp_path / "cut", cfg, tiny_model_dir, progress=False)
