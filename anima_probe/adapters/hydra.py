@@ -1,8 +1,9 @@
 """HydraLoRA: one shared down-projection, several up-heads and a router per layer; what does routing add?
 
 HydraLoRA (Tian et al., NeurIPS 2024, arXiv 2404.19245) in the layer-local form of sorryhyun's Anima variant
-(facts sheet §4): each adapted Linear has one down matrix A (R, in), E up-heads B_e (out, R) and a router that
-reads the rank-R post-A activation h, RMS-pooled over the sequence, and softmaxes over the heads:
+(docs/modulation-guidance.md, "LoRA variants as anima_probe builds them"): each adapted Linear has one down matrix
+A (R, in), E up-heads B_e (out, R) and a router that reads the rank-R post-A activation h, RMS-pooled over the
+sequence, and softmaxes over the heads:
 
     g = softmax(W_r rms_seq(h) + b_r)   (B, E);    update = scale * sum_e g_e B_e h.
 
@@ -11,7 +12,7 @@ LoRA layer (the router's input, h, is exactly lora_B's input); everything else (
 peft's. Heads start at zero (a no-op, as a LoRA's B does); the router starts small and random, because with equal
 heads and a uniform router every head would get the same gradient forever.
 
-Files (our format; the facts sheet names the two files but not their keys):
+Files (our format; sorryhyun's docs name the two files but not their keys):
 - `NAME.safetensors`: the baked plain LoRA in kohya keys, up = sum_e g_mean_e B_e with g_mean the layer's average
   gate over the training batches; it loads anywhere a LoRA loads (ComfyUI), without routing.
 - `NAME_moe.safetensors`: per module (kohya name) `.lora_up.{e}.weight` (out, R), `.router.weight` (E, R),

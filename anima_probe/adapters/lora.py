@@ -1,4 +1,5 @@
-"""What is in a LoRA file an Anima user has, and does it fit this DiT? The three formats, read and written.
+"""What is in a LoRA file an Anima user has, and does it fit this DiT? The three formats, read and written
+(docs/anima.md, "LoRA files").
 
 | format | key of one module (`blocks.0.self_attn.q_proj`) | alpha |
 |---|---|---|

@@ -1,7 +1,8 @@
 """T-LoRA: does masking a LoRA's rank by noise level (few components near pure noise) change what it does?
 
-T-LoRA (Soboleva et al., AAAI 2026, arXiv 2507.05964) as sorryhyun's anima_lora uses it (facts sheet §4): a binary
-mask in the LoRA bottleneck keeps the first r(u) of R_max components,
+T-LoRA (Soboleva et al., AAAI 2026, arXiv 2507.05964) as sorryhyun's anima_lora uses it
+(docs/modulation-guidance.md, "LoRA variants as anima_probe builds them"): a binary mask in the LoRA bottleneck
+keeps the first r(u) of R_max components,
 
     r(u) = floor(u^alpha * (R_max - R_min) + R_min),   u = 1 - sigma   (sigma in [0, 1] is Anima's timestep),
 
