@@ -151,3 +151,17 @@ def test_peft_metadata_is_diffusers_shape(tmp_path):
         meta = json.loads(f.metadata()[PEFT_METADATA_KEY])
     assert meta["transformer.r"] == 4 and meta["transformer.lora_alpha"] == 2.0
     assert meta["transformer.target_modules"] == ["transformer_blocks.0.attn1.to_q"]
+
+
+def test_the_released_dit_has_280_default_targets_named_as_in_its_key_list():
+    """Known answer from the published key list: every 2-D DiT weight is a Linear a LoRA may target."""
+    from pathlib import Path
+
+    from anima_probe.model.dit_file import ANIMA_DIT
+
+    tsv = Path(__file__).parents[2] / "support" / "anima_checkpoint_keys.tsv"
+    rows = [line.split("\t") for line in tsv.read_text().splitlines() if line and not line.startswith("#")]
+    published = {k.removesuffix(".weight") for k, shape in rows
+                 if not k.startswith("llm_adapter.") and k.endswith(".weight") and shape.count(",") == 1}
+    assert set(linear_modules(ANIMA_DIT)) == published
+    assert len(default_targets(ANIMA_DIT)) == 280 and set(default_targets(ANIMA_DIT)) <= published
