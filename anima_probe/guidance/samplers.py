@@ -2,7 +2,8 @@
 
 Every probe that generates an image goes through one of these small pure functions (after the shape of
 k-diffusion's ``sampling.py``: one signature, a tqdm bar, a callback dict per step), so a result can name
-its sampler and schedule exactly and be re-run bit for bit.
+its sampler and schedule exactly and be re-run bit for bit. Each marks its steps (``hooks.sampler_step``), so a
+hook capture during sampling knows the step of every value it records.
 
 Conventions (docs/anima.md, "Flow-matching conventions"): ``x_t = sigma*noise + (1-sigma)*x0``; the model predicts
 the velocity ``v ~ noise - x0``; the denoised estimate is ``x0 = x_t - sigma*v``; ``sigma`` in [0, 1] is fed to the
@@ -42,6 +43,7 @@ import torch
 from tqdm.auto import trange
 
 from anima_probe.model.flow import DEFAULT_SHIFT, shift_sigma  # one definition of the schedule
+from anima_probe.probes.hooks import sampler_step
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseScaler = Callable[[torch.Tensor], torch.Tensor]
@@ -92,7 +94,8 @@ def sample_euler(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, callback=None
     sig = _check_sigmas(sigmas)
     for i in trange(len(sig) - 1, disable=disable):
         s, t = sig[i], sig[i + 1]
-        v = velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
+        with sampler_step(i):  # hook captures inside carry the step
+            v = velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
         denoised = x - s * v
         if callback is not None:
             callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
@@ -188,7 +191,8 @@ def sample_er_sde(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, generator: t
     ds: list[torch.Tensor] = []
     for i in trange(len(sig) - 1, disable=disable):
         s, t = sig[i], sig[i + 1]
-        denoised = x - s * velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
+        with sampler_step(i):  # hook captures inside carry the step
+            denoised = x - s * velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
         if callback is not None:
             callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
         if t == 0.0:
