@@ -19,19 +19,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from anima_probe.guidance import dose
-from anima_probe.guidance.guided import (
-    DEFAULT_POLICY,
-    Schedule,
-    family_of,
-    grid_figure,
-    initial_noise,
-    load_source,
-    prepare_cosmos,
-    prepare_pooled_text,
-)
-from anima_probe.guidance.modulation import COSMOS
-from anima_probe.guidance.sources import CFGRowPolicy
+from anima_probe.guidance import dose, families
+from anima_probe.guidance.eq3 import CFGRowPolicy
+from anima_probe.guidance.guided import grid_figure, initial_noise, prepare
+from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.clip import load_clip
 from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.manifests import load_prompt_sets
@@ -80,14 +71,17 @@ def _sources(ctx: Context, cfg: GuidanceDoseConfig) -> tuple[list, str]:
     """[(source, clip or None)] and a csv of the files used with their sha256 (the run record hashes only the
     model's own files, so this is what ties the numbers to these projections)."""
     sources, files = [], []
-    if (proj := _path(cfg.projection, "projection", optional=False)) is not None:
-        sources.append((load_source(proj, ctx.anima), None))
-        files.append(("projection", proj))
-    if (adapter := _path(cfg.cosmos_adapter, "cosmos_adapter", optional=True)) is not None:
-        clip_path = _path(cfg.clip, "clip", optional=False)
-        sources.append((load_source(adapter, ctx.anima), load_clip(clip_path, device=ctx.anima.device)))
-        clip_files = [clip_path] if clip_path.is_file() else sorted(p for p in clip_path.rglob("*") if p.is_file())
-        files += [("cosmos_adapter", adapter)] + [("clip", p) for p in clip_files]
+    for key, optional in (("projection", False), ("cosmos_adapter", True)):
+        if (path := _path(getattr(cfg, key), key, optional)) is None:
+            continue
+        source, clip = families.load_source(path, ctx.anima), None
+        files.append((key, path))
+        if families.family_of(source).needs_clip:
+            clip_path = _path(cfg.clip, "clip", optional=False)
+            clip = load_clip(clip_path, device=ctx.anima.device)
+            files += [("clip", p) for p in ([clip_path] if clip_path.is_file() else sorted(clip_path.rglob("*")))
+                      if p.is_file()]
+        sources.append((source, clip))
     if not sources:
         raise ValueError("no modulation source: projection and cosmos_adapter are both none or absent")
     rows = [f"{role},{p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p},{sha256_file(p)}"
@@ -96,7 +90,7 @@ def _sources(ctx: Context, cfg: GuidanceDoseConfig) -> tuple[list, str]:
 
 
 def _policies(family: str, cfg: GuidanceDoseConfig) -> tuple[CFGRowPolicy, CFGRowPolicy | None]:
-    own = DEFAULT_POLICY[family] if cfg.row_policy == "own" else CFGRowPolicy(cfg.row_policy)
+    own = families.get(family).default_policy if cfg.row_policy == "own" else CFGRowPolicy(cfg.row_policy)
     if cfg.contrast_policy == "none":
         return own, None
     return own, dose.CONTRAST_POLICY[own] if cfg.contrast_policy == "auto" else CFGRowPolicy(cfg.contrast_policy)
@@ -120,9 +114,8 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     bar = tqdm(total=len(sources) * len(cfg.cfgs), desc="guidance-dose", disable=not ctx.progress)
     pplus, pplus_images = dose.prompt_baseline(ctx.anima, prompts, pos, cfg.negative, sweep, noise)
     for source, clip in sources:
-        fam = family_of(source)
-        gp = (prepare_cosmos(ctx.anima, source, clip, prompts, pos, neg, cfg.negative) if fam == COSMOS else
-              prepare_pooled_text(ctx.anima, source, prompts, pos, neg, cfg.negative))
+        fam = families.family_of(source).name
+        gp = prepare(ctx.anima, source, prompts, pos, neg, cfg.negative, clip=clip)
         policies = _policies(fam, cfg)
         df, checks, images = dose.sample_source(ctx.anima, gp, sweep, *policies, noise, progress=bar)
         df.insert(0, "family", fam)

@@ -29,10 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anima_probe.guidance.guided import Cell, Guidance, GuidedPrompts, Schedule, sample_cells
-from anima_probe.guidance.modulation import COSMOS, Modulation, inject
+from anima_probe.guidance import families
+from anima_probe.guidance.eq3 import CFGRowPolicy
+from anima_probe.guidance.guided import Cell, Guidance, GuidedPrompts, sample_cells
+from anima_probe.guidance.modulation import Modulation, inject
 from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
-from anima_probe.guidance.sources import CFGRowPolicy
+from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.text import encode_prompts
 from anima_probe.pipeline.runs import new_figure
 from anima_probe.probes.stats import bootstrap_ci
@@ -98,14 +100,14 @@ def reference_sample(anima, cond_ctx: torch.Tensor, uncond_ctx: torch.Tensor, mo
 
 def base_modulation(gp: GuidedPrompts, policy: CFGRowPolicy, schedule: Schedule, num_blocks: int,
                     cfg: float) -> Modulation:
-    """The base-projection model by hand: each row's own ``P(prompt)`` (uncond rows: the policy's base), on every
-    block and the final layer (pooled_text_proj), or ``scales[i] * P`` on the schedule's blocks (cosmos)."""
+    """The base-projection model by hand: each row's own ``P(prompt)`` (uncond rows: the policy's base), laid out
+    as the family lays out a vector (pooled_text_proj: every block and the final layer; cosmos: ``scales[i] * P``
+    on the schedule's blocks), with no weight, delta or Eq. 3 arithmetic."""
     uncond = gp.base_cond if policy is CFGRowPolicy.BOTH else gp.base_uncond[policy.value]
     rows = gp.base_cond if cfg == 1.0 else torch.cat([gp.base_cond, uncond])  # (R, W)
-    if gp.family == COSMOS:
-        active = schedule.active(num_blocks)
-        return Modulation(COSMOS, tuple(gp.scales[i] * rows if active[i] else None for i in range(num_blocks)))
-    return Modulation(gp.family, (rows,) * num_blocks, rows)
+    fam = families.get(gp.family)
+    blocks = fam.block_vectors(lambda i: rows, num_blocks, schedule.active(num_blocks), gp.scales)
+    return Modulation(gp.family, blocks, rows if fam.final_arg is not None else None)
 
 
 def head(gp: GuidedPrompts, k: int) -> GuidedPrompts:

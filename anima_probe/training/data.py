@@ -24,12 +24,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from anima_probe.guidance import families
 from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
 from anima_probe.model.anima import CROSSATTN_TOKENS
 from anima_probe.model.text import encode_prompts
 from anima_probe.pipeline.cache import fingerprint
 from anima_probe.pipeline.manifests import read_caption_set
-from anima_probe.probes.pooling import pool_named
 from anima_probe.training import loop as training
 
 DATA_SOURCES = ("images", "teacher")
@@ -126,10 +126,7 @@ def _text(anima, captions: list[str], cfg, clip, progress: bool):
     tc = encode_prompts(anima, captions + [""], empty_prompt=cfg.empty_prompt, progress=progress)
     length = max(1, int(tc.t5_mask.sum(1).max()))  # rows past every caption's T5 tokens are zeros
     crossattn = tc.crossattn_emb[:, :length].cpu()  # (N+1, L, Dt), still a view of the 512-row storage
-    if cfg.family == "cosmos":
-        pooled = clip.pooled(captions)  # (N, clip_dim)
-    else:
-        pooled = pool_named(tc.crossattn_emb[:-1].float(), tc.t5_mask[:-1], cfg.pooling)  # (N, Dt)
+    pooled = families.get(cfg.family).pool(captions, tc.select(slice(0, -1)), clip, cfg.pooling)  # (N, P)
     # clones: a saved view would drag the whole 512-row storage into the cache file
     return crossattn[:-1].clone(), crossattn[-1:].clone(), pooled.float().cpu()
 
@@ -151,8 +148,7 @@ def prepare_data(anima, cfg, manifest, cache_path: Path, clip=None, progress: bo
     manifest, cache_path = Path(manifest), Path(cache_path)
     if cfg.data not in DATA_SOURCES:
         raise ValueError(f"data must be one of {DATA_SOURCES}, got {cfg.data!r}")
-    if cfg.family == "cosmos" and clip is None:
-        raise ValueError("family 'cosmos' reads CLIP-L pooled text: pass a CLIP model (--clip FILE)")
+    families.get(cfg.family).require_clip(clip)
     key = cache_key(cfg, anima, clip, manifest)
     cached = training.load_checkpoint(cache_path)
     if cached is not None and cached.get("key") == key:

@@ -13,15 +13,8 @@ import csv
 import pytest
 import torch
 
-from anima_probe.guidance.guided import (
-    Cell,
-    Guidance,
-    Schedule,
-    initial_noise,
-    prepare_cosmos,
-    prepare_pooled_text,
-    sample_cells,
-)
+from anima_probe.guidance.guided import Cell, Guidance, initial_noise, prepare, sample_cells
+from anima_probe.guidance.schedules import Schedule
 from anima_probe.guidance.sources import CosmosPooledAdapter, PooledTextProjection
 from anima_probe.model.clip import load_clip, write_tiny_clip
 from anima_probe.pipeline.manifests import CaptionRow, write_caption_set
@@ -89,11 +82,11 @@ def _check(name: str, x: torch.Tensor) -> None:
 
 def test_guided_samples_of_both_families_are_the_pinned_ones(tiny_anima, clip):
     noise = initial_noise(tiny_anima, len(PROMPTS), 8, 0)
-    gp = prepare_pooled_text(tiny_anima, _projection(tiny_anima), PROMPTS, POS, NEG, NEGATIVE)
+    gp = prepare(tiny_anima, _projection(tiny_anima), PROMPTS, POS, NEG, NEGATIVE)
     _check("a/euler", sample_cells(tiny_anima, gp, CELLS_A, noise, steps=3))
     _check("a/euler", sample_cells(tiny_anima, gp, CELLS_A, noise, steps=3, chunk=2))
     _check("a/er_sde", sample_cells(tiny_anima, gp, CELLS_A[:3], noise, steps=3, sampler="er_sde", seed=7))
-    gp = prepare_cosmos(tiny_anima, _adapter(tiny_anima, clip), clip, PROMPTS, POS, NEG, NEGATIVE)
+    gp = prepare(tiny_anima, _adapter(tiny_anima, clip), PROMPTS, POS, NEG, NEGATIVE, clip=clip)
     _check("b/euler", sample_cells(tiny_anima, gp, CELLS_B, noise, steps=3))
     _check("b/er_sde", sample_cells(tiny_anima, gp, CELLS_B[:2], noise, steps=2, sampler="er_sde", seed=3))
 
