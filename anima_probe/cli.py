@@ -24,7 +24,7 @@ def _demo(args) -> int:
     """Load a model folder (default: the bundled toy world), encode prompts, sample a grid with CFG."""
     import torch
 
-    from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
+    from anima_probe.guidance.samplers import cfg_velocity, initial_noise, sample_euler, simple_sigmas
     from anima_probe.model.anima import load_anima
     from anima_probe.model.text import encode_prompts
     from anima_probe.pipeline.runs import new_figure, save_figure
@@ -33,12 +33,8 @@ def _demo(args) -> int:
     prompts = [p.strip() for p in args.prompts.split("|")]
     tc = encode_prompts(anima, prompts + [""])
     cond, uncond = tc.crossattn_emb[:-1], tc.crossattn_emb[-1:].expand(len(prompts), -1, -1)
-    side = args.size // (8 if anima.vae is not None else 1)
-    x = torch.randn(len(prompts), anima.dit_config.in_channels, side, side,
-                    generator=torch.Generator().manual_seed(args.seed))
-
-    def velocity(x_t, sigma):
-        return cfg_combine(anima.velocity(x_t, sigma, cond), anima.velocity(x_t, sigma, uncond), args.cfg)
+    x = initial_noise(anima, len(prompts), args.size, args.seed)
+    velocity = cfg_velocity(anima.velocity, cond, uncond, args.cfg)
 
     with torch.no_grad():
         images = anima.decode(sample_euler(velocity, x, simple_sigmas(args.steps)))
@@ -73,6 +69,7 @@ def _sample(args) -> int:
 
     from anima_probe.guidance import families
     from anima_probe.guidance import guided as gs
+    from anima_probe.guidance.samplers import initial_noise
     from anima_probe.guidance.schedules import Schedule
     from anima_probe.model.anima import load_anima
     from anima_probe.model.clip import load_clip
@@ -87,7 +84,7 @@ def _sample(args) -> int:
     gp = gs.prepare(anima, source, prompts, args.pos, args.neg, args.negative, clip=clip)
     ws = [None if w.strip() == "off" else float(w) for w in args.w.split(",")]
     cfgs = [float(c) for c in args.cfg.split(",")]
-    noise = gs.initial_noise(anima, len(prompts), args.size, args.seed)
+    noise = initial_noise(anima, len(prompts), args.size, args.seed)
     images = gs.sample_grid(anima, gp, ws, cfgs, guidance, noise, steps=args.steps, shift=args.shift,
                             sampler=args.sampler, seed=args.seed, progress=not args.quiet)
     rows = ["no modulation" if w is None else f"w={w:g}" for w in ws]

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from anima_probe.guidance.guided import Guidance, GuidedPrompts, initial_noise, prepare, sample_guided
+from anima_probe.guidance.guided import Guidance, GuidedPrompts, prepare, sample_guided
+from anima_probe.guidance.samplers import initial_noise
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.guidance.sources import CosmosPooledAdapter, PooledTextProjection
 from anima_probe.pipeline.runs import update_section

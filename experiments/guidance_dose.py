@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from anima_probe.guidance import dose, families
 from anima_probe.guidance.eq3 import CFGRowPolicy
-from anima_probe.guidance.guided import grid_figure, initial_noise, prepare
+from anima_probe.guidance.guided import grid_figure, prepare
+from anima_probe.guidance.samplers import initial_noise
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.clip import load_clip
 from anima_probe.pipeline.experiment import Context, Experiment, Result

@@ -33,7 +33,7 @@ from anima_probe.guidance import families
 from anima_probe.guidance.eq3 import CFGRowPolicy
 from anima_probe.guidance.guided import Cell, Guidance, GuidedPrompts, sample_cells
 from anima_probe.guidance.modulation import Modulation, inject
-from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
+from anima_probe.guidance.samplers import cfg_velocity, sample_euler, simple_sigmas
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.text import encode_prompts
 from anima_probe.pipeline.runs import new_figure
@@ -82,17 +82,10 @@ def scores(images: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def reference_sample(anima, cond_ctx: torch.Tensor, uncond_ctx: torch.Tensor, modulation: Modulation | None,
                      cfg: float, noise: torch.Tensor, sweep: Sweep) -> torch.Tensor:
-    """Images (B, 3, H, W) from a plain Euler/CFG loop written here, independent of ``sample_cells``: the DiT called
-    on [cond; uncond] rows (cond rows only at CFG 1) under ``modulation`` (rows to match), or none."""
-    ctx = cond_ctx if cfg == 1.0 else torch.cat([cond_ctx, uncond_ctx])  # (R, 512, Dt)
-    B = cond_ctx.shape[0]
-
-    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if cfg == 1.0:
-            return anima.velocity(x, sigma[:1], ctx)
-        v = anima.velocity(torch.cat([x, x]), sigma[:1], ctx).float()  # (2B, C, h, w)
-        return cfg_combine(v[:B], v[B:], cfg)
-
+    """Images (B, 3, H, W) from a plain Euler loop written here, independent of ``sample_cells`` (no cells, no Eq. 3
+    vectors): the samplers' CFG velocity under ``modulation`` (rows to match: [cond; uncond], or cond only at CFG
+    1), or none."""
+    velocity = cfg_velocity(anima.velocity, cond_ctx, uncond_ctx, cfg)
     with inject(anima, modulation) if modulation is not None else contextlib.nullcontext():
         x = sample_euler(velocity, noise.to(anima.device), simple_sigmas(sweep.steps, sweep.shift), disable=True)
     return anima.decode(x)

@@ -29,7 +29,7 @@ from anima_probe.guidance import families
 from anima_probe.guidance.eq3 import CFGRowPolicy, row_vectors, uncond_base_prompt
 from anima_probe.guidance.families import guidance_delta
 from anima_probe.guidance.modulation import Modulation, build, inject
-from anima_probe.guidance.samplers import cfg_combine, sample_er_sde, sample_euler, simple_sigmas
+from anima_probe.guidance.samplers import cfg_velocity, sample_er_sde, sample_euler, simple_sigmas
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.text import encode_prompts
 from anima_probe.pipeline.runs import (
@@ -157,34 +157,10 @@ class Cell:
     cfg: float = 1.0
 
 
-def initial_noise(anima, batch: int, size: int, seed: int) -> torch.Tensor:
-    """(B, C, h, w) float32 N(0, 1) from a CPU generator (the same seed gives the same noise on any device);
-    ``size`` is the image side in pixels (h = size / 8 with a VAE, = size in the pixel-space toy world)."""
-    side = size // 8 if anima.vae is not None else size
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, anima.dit_config.in_channels, side, side, generator=g)
-
-
-def _velocity_fn(anima, gp: GuidedPrompts, cells: Sequence[Cell]):
-    """velocity(x (K*B, ...), sigma) for K cells side by side; with CFG one DiT call on [cond; uncond] per cell."""
-    K, B = len(cells), len(gp)
-    if all(c.cfg == 1.0 for c in cells):
-        ctx = gp.cond_ctx.repeat(K, 1, 1)  # (K*B, 512, Dt)
-        return lambda x, sigma: anima.velocity(x, sigma[:1], ctx), False
-    ctx = torch.cat([gp.cond_ctx, gp.uncond_ctx]).repeat(K, 1, 1)  # (K*2B, 512, Dt): per cell [cond; uncond]
-    scale = torch.tensor([c.cfg for c in cells], device=anima.device).view(K, 1, 1, 1, 1)
-
-    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        shape = x.shape[1:]
-        x2 = x.view(K, 1, B, *shape).expand(K, 2, B, *shape).reshape(K * 2 * B, *shape)  # (K*2B, C, h, w)
-        v = anima.velocity(x2, sigma[:1], ctx).float().view(K, 2, B, *shape)
-        return cfg_combine(v[:, 0], v[:, 1], scale).reshape(K * B, *shape)  # (K*B, C, h, w)
-
-    return velocity, True
-
-
 def _run_chunk(anima, gp, cells, noise, sigmas, sampler, seed, progress) -> torch.Tensor:
-    velocity, cfg = _velocity_fn(anima, gp, cells)
+    """K cells side by side in one batch (K*B, C, h, w); with CFG one DiT call on [cond; uncond] per cell."""
+    velocity = cfg_velocity(anima.velocity, gp.cond_ctx, gp.uncond_ctx, [c.cfg for c in cells])
+    cfg = any(c.cfg != 1.0 for c in cells)  # whether the uncond rows run, so the vectors need them
     mod = _cells_modulation(anima, gp, [c.guidance for c in cells], cfg)
     x = noise.to(anima.device).repeat(len(cells), 1, 1, 1)  # (K*B, C, h, w): every cell starts from the same noise
     with inject(anima, mod) if mod is not None else contextlib.nullcontext():

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from anima_probe.guidance import families
-from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
+from anima_probe.guidance.samplers import cfg_velocity, latent_shape, sample_euler, simple_sigmas
 from anima_probe.model.anima import CROSSATTN_TOKENS
 from anima_probe.model.text import encode_prompts
 from anima_probe.pipeline.cache import fingerprint
@@ -104,8 +104,7 @@ def teacher_samples(anima, crossattn: torch.Tensor, empty: torch.Tensor, size: i
 
     Row j's noise depends on (seed, start + j) alone: ``start`` is the first row's number in the caption set.
     """
-    side = size // (8 if anima.vae is not None else 1)
-    shape = (anima.dit_config.in_channels, side, side)
+    shape = latent_shape(anima, size)
     sigmas = simple_sigmas(steps, shift)
     pad = CROSSATTN_TOKENS - crossattn.shape[1]
     out = []
@@ -113,10 +112,7 @@ def teacher_samples(anima, crossattn: torch.Tensor, empty: torch.Tensor, size: i
         cond = torch.nn.functional.pad(crossattn[i : i + batch_size], (0, 0, 0, pad)).to(anima.device)  # (b, 512, Dt)
         uncond = torch.nn.functional.pad(empty, (0, 0, 0, pad)).to(anima.device).expand_as(cond)
         x = torch.stack([row_noise(seed, start + j, shape) for j in range(i, i + len(cond))]).to(anima.device)
-
-        def velocity(x_t, sigma, cond=cond, uncond=uncond):
-            return cfg_combine(anima.velocity(x_t, sigma, cond), anima.velocity(x_t, sigma, uncond), cfg)
-
+        velocity = cfg_velocity(anima.velocity, cond, uncond, cfg)
         out.append(sample_euler(velocity, x, sigmas, disable=True).float().cpu())  # (b, C, h, w)
     return torch.cat(out)
 

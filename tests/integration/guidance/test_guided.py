@@ -13,14 +13,13 @@ from anima_probe.guidance.guided import (
     Cell,
     Guidance,
     grid_figure,
-    initial_noise,
     modulation_for,
     prepare,
     sample_cells,
     sample_guided,
     write_sample_run,
 )
-from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
+from anima_probe.guidance.samplers import cfg_combine, initial_noise, sample_euler, simple_sigmas
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.guidance.sources import (
     CosmosPooledAdapter,

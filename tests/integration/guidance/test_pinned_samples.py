@@ -13,7 +13,8 @@ import csv
 import pytest
 import torch
 
-from anima_probe.guidance.guided import Cell, Guidance, initial_noise, prepare, sample_cells
+from anima_probe.guidance.guided import Cell, Guidance, prepare, sample_cells
+from anima_probe.guidance.samplers import initial_noise
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.guidance.sources import CosmosPooledAdapter, PooledTextProjection
 from anima_probe.model.clip import load_clip, write_tiny_clip
