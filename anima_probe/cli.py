@@ -74,12 +74,14 @@ def _sample(args) -> int:
     from anima_probe.model.anima import load_anima
     from anima_probe.model.clip import load_clip
     from anima_probe.pipeline.runs import git_hash, sha256_file
+    from anima_probe.pipeline.samples import grid_figure, write_sample_run
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     anima = load_anima(args.model, device=args.device, dtype=dtype, with_vae=args.model is not None)
     source = families.load_source(args.proj, anima)
     family, prompts = families.family_of(source), [p.strip() for p in args.prompts.split("|")]
-    guidance = gs.Guidance(0.0, Schedule.parse(args.schedule), args.final_w, None if args.rows == "auto" else args.rows)
+    guidance = gs.Guidance(0.0, Schedule.parse(args.schedule), args.final_w,
+                           None if args.rows == "auto" else args.rows)
     clip = load_clip(args.clip, device=args.device) if args.clip and family.needs_clip else None
     gp = gs.prepare(anima, source, prompts, args.pos, args.neg, args.negative, clip=clip)
     ws = [None if w.strip() == "off" else float(w) for w in args.w.split(",")]
@@ -88,12 +90,12 @@ def _sample(args) -> int:
     images = gs.sample_grid(anima, gp, ws, cfgs, guidance, noise, steps=args.steps, shift=args.shift,
                             sampler=args.sampler, seed=args.seed, progress=not args.quiet)
     rows = ["no modulation" if w is None else f"w={w:g}" for w in ws]
-    fig = gs.grid_figure(images, rows, [f"CFG {c:g}" for c in cfgs])
+    fig = grid_figure(images, rows, [f"CFG {c:g}" for c in cfgs])
     settings = {k: v for k, v in vars(args).items() if k != "fn"} | {
         "family": family.name, "row_policy": guidance.policy(family.name).value, "schedule": guidance.schedule.text(),
         "w_values": ws, "cfg_values": cfgs, "model": anima.name, "proj_sha256": sha256_file(args.proj),
         "git": git_hash(), "grid": "rows = w (None: no modulation), columns = CFG scale, prompts side by side"}
-    run_dir = gs.write_sample_run(args.out, images, settings, fig)
+    run_dir = write_sample_run(args.out, images, settings, fig)
     print(f"{family.name} ({settings['row_policy']}, {settings['schedule']}): {len(ws)} w x {len(cfgs)} CFG x "
           f"{len(prompts)} prompts -> {run_dir}")
     return 0

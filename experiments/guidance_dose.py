@@ -21,13 +21,14 @@ from tqdm.auto import tqdm
 
 from anima_probe.guidance import dose, families
 from anima_probe.guidance.eq3 import CFGRowPolicy
-from anima_probe.guidance.guided import grid_figure, prepare
+from anima_probe.guidance.guided import prepare
 from anima_probe.guidance.samplers import initial_noise
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.clip import load_clip
 from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.manifests import load_prompt_sets
 from anima_probe.pipeline.runs import REPO_ROOT, sha256_file
+from anima_probe.pipeline.samples import grid_figure
 
 SHIPPED = {"projection": "data/toyworld/pooled_text_proj.safetensors",
            "cosmos_adapter": "data/toyworld/cosmos_pooled_adapter.safetensors", "clip": "data/toyworld/model/clip"}

@@ -12,12 +12,10 @@ from anima_probe.guidance.families import COSMOS, POOLED_TEXT_PROJ, family_of, l
 from anima_probe.guidance.guided import (
     Cell,
     Guidance,
-    grid_figure,
     modulation_for,
     prepare,
     sample_cells,
     sample_guided,
-    write_sample_run,
 )
 from anima_probe.guidance.samplers import cfg_combine, initial_noise, sample_euler, simple_sigmas
 from anima_probe.guidance.schedules import Schedule
@@ -180,19 +178,6 @@ def test_load_source_tells_the_families_apart(tiny_anima, tmp_path):
         load_source(tmp_path / "x.safetensors", tiny_anima)
     with pytest.raises(ModulationFileError, match="model_channels=64"):
         load_source(save_pooled_text_proj(PooledTextProjection(32, 32), tmp_path / "w.safetensors"), tiny_anima)
-
-
-def test_sample_run_folder_holds_grid_images_and_settings(tmp_path):
-    images = torch.rand(2, 3, 2, 3, 4, 4)  # (R, C, B, 3, H, W)
-    fig = grid_figure(images, ["off", "w=3"], ["cfg 1", "cfg 4", "cfg 7"])
-    run = write_sample_run(tmp_path, images, {"w": ["off", 3.0]}, fig)
-    again = write_sample_run(tmp_path, images, {"w": ["off", 3.0]}, fig)
-    assert run.name == "000-sample" and again.name == "001-sample"
-    saved = np.load(run / "images.npy")
-    assert saved.shape == (2, 3, 2, 4, 4, 3) and saved.dtype == np.uint8
-    assert np.array_equal(saved, (images.permute(0, 1, 2, 4, 5, 3) * 255).round().byte().numpy())
-    assert json.loads((run / "settings.json").read_text()) == {"w": ["off", 3.0]}
-    assert (run / "grid.png").stat().st_size > 0
 
 
 def test_cli_sample_writes_a_run_folder_with_the_resolved_settings(tiny_model_dir, tiny_anima, tmp_path):
