@@ -37,9 +37,9 @@ SHIPPED = {"projection": "data/toyworld/pooled_text_proj.safetensors",
 @dataclass(frozen=True)
 class GuidanceDoseConfig:
     seed: int = 0  # initial noise: row r of every cell starts from the same draw (paired comparisons)
-    projection: str = "auto"  # family (a) file; auto: the shipped one; none: skip (a)
-    cosmos_adapter: str = "auto"  # family (b) file; auto: the shipped one *if it exists*; none: skip (b)
-    clip: str = "auto"  # CLIP text model (file or folder) for family (b)
+    projection: str = "auto"  # a file of any family; auto: the shipped pooled_text_proj; none: skip it
+    cosmos_adapter: str = "auto"  # a second file; auto: the shipped cosmos adapter *if it exists*; none: skip it
+    clip: str = "auto"  # CLIP text model (file or folder), for a family that reads CLIP (cosmos)
     prompt_variant: str = "proposal"  # p+ / p-: the proposal's, or a variant of data/manifests/guidance_prompts
     prompts: int = 4  # toy prompts (content + artist)
     seeds: int = 2  # noise draws per prompt: rows = prompts x seeds
@@ -106,10 +106,8 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     variants = {"proposal": guidance} | guidance["variants"]
     if cfg.prompt_variant not in variants:
         raise KeyError(f"prompt_variant={cfg.prompt_variant!r}: choose from {sorted(variants)}")
-    pair = variants[cfg.prompt_variant]
-    pos, neg = pair["positive"], pair["negative"]
-    base = dose.toy_prompts(cfg.prompts)
-    prompts = [p for _ in range(cfg.seeds) for p in base]  # row r: prompt r % prompts, noise row r
+    pos, neg = variants[cfg.prompt_variant]["positive"], variants[cfg.prompt_variant]["negative"]
+    prompts = dose.toy_prompts(cfg.prompts) * cfg.seeds  # row r: prompt r % prompts, noise row r
     noise = initial_noise(ctx.anima, len(prompts), cfg.size, cfg.seed)  # (B, C, h, w)
     sources, source_files = _sources(ctx, cfg)
     frames, metrics, figures, jitter = [], {}, {}, ["family,cfg,w0_batch_max_abs_diff"]
@@ -121,7 +119,6 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
         policies = _policies(fam, cfg)
         df, checks, images = dose.sample_source(ctx.anima, gp, sweep, *policies, noise, progress=bar)
         df.insert(0, "family", fam)
-        checks["delta_rel_norm"] = float(gp.delta.norm() / gp.base_cond.norm(dim=-1).mean())
         # GEMM rounding at another batch size (~1e-6, machine- and thread-dependent): reported, never gated
         jitter += [f"{fam},{k.split('/cfg')[1]},{checks.pop(k):.6g}" for k in list(checks) if "w0_batch" in k]
         metrics |= {f"{fam}/{k}": v for k, v in dose.family_metrics(df, checks, policies, cfg.cfgs, cfg.n_boot,
@@ -129,14 +126,12 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
         frames.append(df)
         k = slice(0, min(cfg.grid_columns, len(prompts)))
         rows = torch.cat([images[:1, :, k], pplus_images[None, :, k], images[1:, :, k]])  # (R, C, b, 3, H, W)
-        labels = ["plain", "p+ in prompt"] + [f"w={w:g}" for w in cfg.ws]
-        figures[f"grid_{fam}"] = grid_figure(rows, labels, [f"CFG {c:g}" for c in cfg.cfgs])
+        figures[f"grid_{fam}"] = grid_figure(rows, ["plain", "p+ in prompt"] + [f"w={w:g}" for w in cfg.ws],
+                                             [f"CFG {c:g}" for c in cfg.cfgs])
     bar.close()
     pplus.insert(0, "family", "none")
-    for c in cfg.cfgs:  # against the plain rows of one family (the plain model is the same for every family)
-        mean, lo, hi = dose.arm_effect(pd.concat([frames[0], pplus]), "p_plus_prompt", c, cfg.n_boot, cfg.seed)
-        metrics |= {f"p_plus_prompt/effect/cfg{c:g}": mean, f"p_plus_prompt/effect_lo/cfg{c:g}": lo,
-                    f"p_plus_prompt/effect_hi/cfg{c:g}": hi}
+    # against the plain rows of one family (the plain model is the same for every family)
+    metrics |= dose.prompt_metrics(frames[0], pplus, cfg.cfgs, cfg.n_boot, cfg.seed)
     df = pd.concat(frames + [pplus], ignore_index=True)
     df["prompt"] = [prompts[r] for r in df.row]
     figures["dose_response"] = dose.dose_figure(df, cfg.cfgs, cfg.n_boot, cfg.seed)
@@ -148,11 +143,6 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
 
 
 EXPERIMENT = Experiment(
-    name="guidance-dose",
-    version="1",
+    name="guidance-dose", version="1", config=GuidanceDoseConfig, fn=guidance_dose, needs_dit=True,
     question="Does modulation guidance with the proposal's quality p+/p- raise the toy quality score with its weight, "
-    "at every CFG scale, and is w = 0 exactly the base model?",
-    config=GuidanceDoseConfig,
-    fn=guidance_dose,
-    needs_dit=True,
-)
+    "at every CFG scale, and is w = 0 exactly the base model?")

@@ -161,6 +161,7 @@ def sample_source(anima, gp: GuidedPrompts, sweep: Sweep, policy: CFGRowPolicy, 
         grid.append(images[: 1 + len(ws)])
         if progress is not None:
             progress.update(1)
+    checks["delta_rel_norm"] = float(gp.delta.norm() / gp.base_cond.norm(dim=-1).mean())
     return pd.concat(frames, ignore_index=True), checks, torch.stack(grid, dim=1)
 
 
@@ -246,6 +247,17 @@ def arm_effect(df: pd.DataFrame, arm: str, cfg: float, n_boot: int, seed: int, *
     if policy is not None:
         sel &= (df.policy == policy) & (df.w == w)
     return paired_effect(df[sel].sort_values("row").score.to_numpy() - plain, n_boot, seed)
+
+
+def prompt_metrics(plain: pd.DataFrame, pplus: pd.DataFrame, cfgs: Sequence[float], n_boot: int,
+                   seed: int) -> dict[str, float]:
+    """The p+-in-the-prompt baseline against the plain model (its rows in ``plain``), per CFG with its CI."""
+    out = {}
+    for c in cfgs:
+        mean, lo, hi = arm_effect(pd.concat([plain, pplus]), "p_plus_prompt", c, n_boot, seed)
+        out |= {f"p_plus_prompt/effect/cfg{c:g}": mean, f"p_plus_prompt/effect_lo/cfg{c:g}": lo,
+                f"p_plus_prompt/effect_hi/cfg{c:g}": hi}
+    return out
 
 
 def family_metrics(df: pd.DataFrame, checks: dict[str, float], policies: Sequence[CFGRowPolicy | None],

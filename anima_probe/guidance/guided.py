@@ -1,14 +1,15 @@
 """What does Anima draw under modulation guidance (Eq. 3), at which weight, per block, and on top of which CFG?
 
-The guided sampler: the pure samplers of ``sampling.py`` (Euler, ER-SDE, the shift schedule, CFG) run a velocity
-function whose DiT calls go through ``guidance.inject``. The vectors follow Eq. 3 per block,
+The guided sampler: the pure samplers of ``samplers.py`` (Euler, ER-SDE, the shift schedule, the CFG velocity) run
+the DiT under ``modulation.inject``. The vectors follow Eq. 3 per block,
 
     y_i(row) = P(base_row) + w(i) * (P(p+) - P(p-))
 
-with P the family's projection (``modulation.py``), w(i) a block schedule, and what the CFG *uncond* row gets decided
-by an explicit ``CFGRowPolicy`` (both / cond-only / official / per-row-base). Everything that does not depend on w,
-CFG or the seed -- text encoding, pooling, every projection, the guidance delta -- is computed ONCE per prompt set
-(``prepare_*`` -> ``GuidedPrompts``); a step or a grid cell only adds precomputed vectors.
+with P the family's projection (``families.py``, for any registered family), w(i) a block schedule
+(``schedules.py``), and what the CFG *uncond* row gets decided by an explicit ``CFGRowPolicy`` (``eq3.py``: both /
+cond-only / official / per-row-base). Everything that does not depend on w, CFG or the seed -- text encoding,
+pooling, every projection, the guidance delta -- is computed ONCE per prompt set (``prepare`` -> ``GuidedPrompts``);
+a step or a grid cell only adds precomputed vectors. Figures and run folders of a grid: ``pipeline/samples.py``.
 
 Sweeps (w x CFG x seeds) are cheap by construction: ``sample_cells`` runs many (guidance, CFG) cells as one batch,
 each row with its own vectors and its own CFG scale, from the same initial noise (paired comparisons).
