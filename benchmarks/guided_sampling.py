@@ -1,6 +1,6 @@
 """Benchmark: what does modulation guidance cost a sampler run, against plain CFG sampling at the same steps?
 
-Each condition is one whole ``guided_sampling.sample_guided`` run (Euler, CFG 4, cond and uncond rows in one DiT call
+Each condition is one whole ``guided.sample_guided`` run (Euler, CFG 4, cond and uncond rows in one DiT call
 per step) from the same noise. The per-prompt work (text encoding, pooling, every projection, the Eq. 3 delta) is done
 once before timing, as the sampler does it, and reported on its own. Conditions run interleaved in a fresh random
 order every repetition, so drift in the shared CPU's load hits all of them alike; the cost is the median over

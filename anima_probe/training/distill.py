@@ -1,12 +1,12 @@
 """Can a pooled-text modulation source learn to stand in for cross-attention? The paper's Section-5 distillation.
 
 Teacher: the frozen Anima with the real prompt's ``crossattn_emb``. Student: the same frozen DiT with the *empty*
-prompt's ``crossattn_emb`` plus the modulation source fed the real prompt, injected by ``guidance.inject`` (the one
+prompt's ``crossattn_emb`` plus the modulation source fed the real prompt, injected by ``modulation.inject`` (the one
 injection the guided sampler also uses). Loss: MSE between the two velocities on the same noised input, sigma drawn
-logit-normal (optionally shifted). Only the source trains, in fp32 whatever the DiT's dtype. Families:
-``pooled_text_proj`` (sorryhyun: max-pooled crossattn_emb -> D, added to every block's and the final layer's
-``embedded_timestep``) and ``cosmos`` (the paper: CLIP-L pooled -> 3D, ``scales[i] * m`` on block i's temb); their
-sources are in docs/modulation-guidance.md ("Section 5", "The two Anima ports").
+logit-normal (optionally shifted). Only the source trains, in fp32 whatever the DiT's dtype. Any registered family
+trains (``guidance/families.py``): ``pooled_text_proj`` (sorryhyun: max-pooled crossattn_emb -> D, added to every
+block's and the final layer's ``embedded_timestep``) and ``cosmos`` (the paper: CLIP-L pooled -> 3D, ``scales[i] * m``
+on block i's temb); their sources are in docs/modulation-guidance.md ("Section 5", "The two Anima ports").
 
 A run is a folder: ``checkpoint/checkpoint.pt`` (atomic, exact resume: every step's batch, sigmas and noise are a
 function of (seed, step) alone, so rerunning the same command continues the same trajectory), ``loss.csv``,
