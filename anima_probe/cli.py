@@ -24,7 +24,7 @@ def _demo(args) -> int:
     """Load a model folder (default: the bundled toy world), encode prompts, sample a grid with CFG."""
     import torch
 
-    from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
+    from anima_probe.guidance.samplers import cfg_velocity, initial_noise, sample_euler, simple_sigmas
     from anima_probe.model.anima import load_anima
     from anima_probe.model.text import encode_prompts
     from anima_probe.pipeline.runs import new_figure, save_figure
@@ -33,12 +33,8 @@ def _demo(args) -> int:
     prompts = [p.strip() for p in args.prompts.split("|")]
     tc = encode_prompts(anima, prompts + [""])
     cond, uncond = tc.crossattn_emb[:-1], tc.crossattn_emb[-1:].expand(len(prompts), -1, -1)
-    side = args.size // (8 if anima.vae is not None else 1)
-    x = torch.randn(len(prompts), anima.dit_config.in_channels, side, side,
-                    generator=torch.Generator().manual_seed(args.seed))
-
-    def velocity(x_t, sigma):
-        return cfg_combine(anima.velocity(x_t, sigma, cond), anima.velocity(x_t, sigma, uncond), args.cfg)
+    x = initial_noise(anima, len(prompts), args.size, args.seed)
+    velocity = cfg_velocity(anima.velocity, cond, uncond, args.cfg)
 
     with torch.no_grad():
         images = anima.decode(sample_euler(velocity, x, simple_sigmas(args.steps)))
@@ -71,38 +67,36 @@ def _sample(args) -> int:
     """Mod-guided sampling: a grid of guidance weights (rows) x CFG scales (columns) into a numbered run folder."""
     import torch
 
+    from anima_probe.guidance import families
     from anima_probe.guidance import guided as gs
+    from anima_probe.guidance.samplers import initial_noise
+    from anima_probe.guidance.schedules import Schedule
     from anima_probe.model.anima import load_anima
+    from anima_probe.model.clip import load_clip
     from anima_probe.pipeline.runs import git_hash, sha256_file
+    from anima_probe.pipeline.samples import grid_figure, write_sample_run
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     anima = load_anima(args.model, device=args.device, dtype=dtype, with_vae=args.model is not None)
-    source = gs.load_source(args.proj, anima)
-    family, prompts = gs.family_of(source), [p.strip() for p in args.prompts.split("|")]
-    guidance = gs.Guidance(0.0, gs.Schedule.parse(args.schedule), args.final_w,
+    source = families.load_source(args.proj, anima)
+    family, prompts = families.family_of(source), [p.strip() for p in args.prompts.split("|")]
+    guidance = gs.Guidance(0.0, Schedule.parse(args.schedule), args.final_w,
                            None if args.rows == "auto" else args.rows)
-    if family == "cosmos":
-        if not args.clip:
-            raise SystemExit("anima-probe sample: a cosmos adapter needs --clip (a CLIP-L text model file or folder)")
-        from anima_probe.model.clip import load_clip
-
-        gp = gs.prepare_cosmos(anima, source, load_clip(args.clip, device=args.device), prompts, args.pos,
-                               args.neg, args.negative)
-    else:
-        gp = gs.prepare_pooled_text(anima, source, prompts, args.pos, args.neg, args.negative)
+    clip = load_clip(args.clip, device=args.device) if args.clip and family.needs_clip else None
+    gp = gs.prepare(anima, source, prompts, args.pos, args.neg, args.negative, clip=clip)
     ws = [None if w.strip() == "off" else float(w) for w in args.w.split(",")]
     cfgs = [float(c) for c in args.cfg.split(",")]
-    noise = gs.initial_noise(anima, len(prompts), args.size, args.seed)
+    noise = initial_noise(anima, len(prompts), args.size, args.seed)
     images = gs.sample_grid(anima, gp, ws, cfgs, guidance, noise, steps=args.steps, shift=args.shift,
                             sampler=args.sampler, seed=args.seed, progress=not args.quiet)
     rows = ["no modulation" if w is None else f"w={w:g}" for w in ws]
-    fig = gs.grid_figure(images, rows, [f"CFG {c:g}" for c in cfgs])
+    fig = grid_figure(images, rows, [f"CFG {c:g}" for c in cfgs])
     settings = {k: v for k, v in vars(args).items() if k != "fn"} | {
-        "family": family, "row_policy": guidance.policy(family).value, "schedule": guidance.schedule.text(),
+        "family": family.name, "row_policy": guidance.policy(family.name).value, "schedule": guidance.schedule.text(),
         "w_values": ws, "cfg_values": cfgs, "model": anima.name, "proj_sha256": sha256_file(args.proj),
         "git": git_hash(), "grid": "rows = w (None: no modulation), columns = CFG scale, prompts side by side"}
-    run_dir = gs.write_sample_run(args.out, images, settings, fig)
-    print(f"{family} ({settings['row_policy']}, {settings['schedule']}): {len(ws)} w x {len(cfgs)} CFG x "
+    run_dir = write_sample_run(args.out, images, settings, fig)
+    print(f"{family.name} ({settings['row_policy']}, {settings['schedule']}): {len(ws)} w x {len(cfgs)} CFG x "
           f"{len(prompts)} prompts -> {run_dir}")
     return 0
 
@@ -195,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sample", help="modulation-guided sampling: a w x CFG grid into a numbered run folder")
     p.add_argument("--proj", required=True, help="modulation source: pooled_text_proj .safetensors or cosmos .pt")
     p.add_argument("--model", default=None, help="model folder (default: the bundled toy world)")
-    p.add_argument("--clip", default=None, help="CLIP-L text model file or folder (cosmos adapters)")
+    p.add_argument("--clip", default=None, help="CLIP-L text model file or folder (a family that reads CLIP: cosmos)")
     p.add_argument("--prompts", default="1girl, solo, @kiri_ama|scenery, landscape, no humans, @neon_yoru",
                    help="prompts separated by |")
     p.add_argument("--pos", default="absurdres, highres, masterpiece, best quality, score_7, score_8, score_9",

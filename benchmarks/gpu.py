@@ -32,9 +32,11 @@ from pathlib import Path
 
 import torch
 
-from anima_probe.guidance.guided import Guidance, GuidedPrompts, initial_noise, sample_guided
-from anima_probe.guidance.modulation import POOLED_TEXT_PROJ
-from anima_probe.guidance.sources import CFGRowPolicy, PooledTextProjection, guidance_delta
+from anima_probe.guidance.eq3 import CFGRowPolicy
+from anima_probe.guidance.families import POOLED_TEXT_PROJ, guidance_delta
+from anima_probe.guidance.guided import Guidance, GuidedPrompts, sample_guided
+from anima_probe.guidance.samplers import initial_noise
+from anima_probe.guidance.sources import PooledTextProjection
 from anima_probe.model.anima import CROSSATTN_TOKENS, Anima, build_adapter, build_transformer
 from anima_probe.model.dit_file import ANIMA_ADAPTER, ANIMA_DIT, AdapterConfig, DiTConfig
 from anima_probe.model.text import PromptTokens, crossattn

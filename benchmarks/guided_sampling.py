@@ -1,6 +1,6 @@
 """Benchmark: what does modulation guidance cost a sampler run, against plain CFG sampling at the same steps?
 
-Each condition is one whole ``guided_sampling.sample_guided`` run (Euler, CFG 4, cond and uncond rows in one DiT call
+Each condition is one whole ``guided.sample_guided`` run (Euler, CFG 4, cond and uncond rows in one DiT call
 per step) from the same noise. The per-prompt work (text encoding, pooling, every projection, the Eq. 3 delta) is done
 once before timing, as the sampler does it, and reported on its own. Conditions run interleaved in a fresh random
 order every repetition, so drift in the shared CPU's load hits all of them alike; the cost is the median over
@@ -23,15 +23,9 @@ from pathlib import Path
 
 import torch
 
-from anima_probe.guidance.guided import (
-    Guidance,
-    GuidedPrompts,
-    Schedule,
-    initial_noise,
-    prepare_cosmos,
-    prepare_pooled_text,
-    sample_guided,
-)
+from anima_probe.guidance.guided import Guidance, GuidedPrompts, prepare, sample_guided
+from anima_probe.guidance.samplers import initial_noise
+from anima_probe.guidance.schedules import Schedule
 from anima_probe.guidance.sources import CosmosPooledAdapter, PooledTextProjection
 from anima_probe.pipeline.runs import update_section
 
@@ -83,10 +77,10 @@ def toy_conditions(anima, prompts: list[str], tmp: Path) -> tuple[dict, float]:
 
     d, n = anima.dit_config.hidden, anima.num_blocks
     t = time.perf_counter()
-    gp_a = prepare_pooled_text(anima, _random_proj(d, anima.dit_config.text_dim), prompts, P_PLUS, P_MINUS)
+    gp_a = prepare(anima, _random_proj(d, anima.dit_config.text_dim), prompts, P_PLUS, P_MINUS)
     prepare_s = time.perf_counter() - t
     clip = load_clip(write_tiny_clip(tmp / "clip", hidden=64, layers=1))
-    gp_b = prepare_cosmos(anima, _random_adapter(d, n, clip.dim), clip, prompts, P_PLUS, P_MINUS)
+    gp_b = prepare(anima, _random_adapter(d, n, clip.dim), prompts, P_PLUS, P_MINUS, clip=clip)
     return {
         "unguided CFG (no hooks)": (gp_a, None),
         "(a) pooled_text_proj, uniform w=3, per-row-base": (gp_a, Guidance(3.0)),

@@ -34,12 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def conditions(anima) -> dict:
     """name -> a context manager factory around one forward."""
     every_block = {f"blocks.{i}": (lambda v: v) for i in range(anima.num_blocks)}
+    every_temb = {f"blocks.{i}.temb": (lambda v: v) for i in range(anima.num_blocks)}  # where inject edits
     return {
         "no hooks": contextlib.nullcontext,
         "`hooks(anima, {})`": lambda: hooks(anima, {}),
         "`capture` of a point not hit (`crossattn_emb`)": lambda: capture(anima, "crossattn_emb"),
         "`capture('t_embedding_norm')` (records (B, D) once)": lambda: capture(anima, "t_embedding_norm"),
         f"identity edit on all {anima.num_blocks} block outputs": lambda: hooks(anima, every_block),
+        f"identity edit on all {anima.num_blocks} blocks' `temb` argument": lambda: hooks(anima, every_temb),
     }
 
 

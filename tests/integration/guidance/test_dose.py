@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from anima_probe.guidance import dose
+from anima_probe.guidance.eq3 import CFGRowPolicy
 from anima_probe.guidance.sources import (
-    CFGRowPolicy,
     CosmosPooledAdapter,
     PooledTextProjection,
     save_cosmos_pooled_adapter,

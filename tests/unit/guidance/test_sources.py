@@ -7,24 +7,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from anima_probe.guidance.eq3 import CFGRowPolicy, guided_vector, row_vectors, uncond_base_prompt
+from anima_probe.guidance.families import guidance_delta
+from anima_probe.guidance.schedules import PROFILES, block_weights, from_anzhc, from_sorryhyun, profile
 from anima_probe.guidance.sources import (
-    PROFILES,
-    CFGRowPolicy,
     CosmosPooledAdapter,
     ModulationFileError,
     PooledTextProjection,
-    block_weights,
-    from_anzhc,
-    from_sorryhyun,
-    guidance_delta,
-    guided_vector,
     load_cosmos_pooled_adapter,
     load_pooled_text_proj,
-    profile,
-    row_vectors,
     save_cosmos_pooled_adapter,
     save_pooled_text_proj,
-    uncond_base_prompt,
 )
 
 D, TEXT, CLIP, N = 16, 12, 10, 6  # a toy model: D channels, 6 blocks
