@@ -35,7 +35,7 @@ from anima_probe.guidance.sources import CFGRowPolicy
 from anima_probe.model.clip import load_clip
 from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.manifests import load_prompt_sets
-from anima_probe.pipeline.runs import REPO_ROOT, sha256_file
+from anima_probe.pipeline.provenance import REPO_ROOT, sha256_file
 
 SHIPPED = {"projection": "data/toyworld/pooled_text_proj.safetensors",
            "cosmos_adapter": "data/toyworld/cosmos_pooled_adapter.safetensors", "clip": "data/toyworld/model/clip"}

@@ -36,7 +36,8 @@ from anima_probe.guidance.sources import (
     save_pooled_text_proj,
 )
 from anima_probe.model.flow import add_noise, logit_normal_sigmas
-from anima_probe.pipeline.runs import atomic_write_json, new_figure, save_figure
+from anima_probe.pipeline.atomic import atomic_write_json
+from anima_probe.pipeline.figures import new_figure, save_figure
 from anima_probe.training import loop as training
 from anima_probe.training.data import DistillData, prepare_data
 
