@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from anima_probe.guidance.modulation import COSMOS, POOLED_TEXT_PROJ, Modulation, build, inject
 from anima_probe.guidance.samplers import cfg_combine, sample_er_sde, sample_euler, simple_sigmas
@@ -33,7 +32,6 @@ from anima_probe.guidance.sources import (
     PROFILES,
     CFGRowPolicy,
     CosmosPooledAdapter,
-    ModulationFileError,
     PooledTextProjection,
     block_weights,
     guidance_delta,
@@ -44,14 +42,11 @@ from anima_probe.guidance.sources import (
     row_vectors,
     uncond_base_prompt,
 )
+from anima_probe.model.files import ModelFileError, tensor_shapes
 from anima_probe.model.text import encode_prompts
-from anima_probe.pipeline.runs import (
-    atomic_write_bytes,
-    atomic_write_json,
-    new_figure,
-    new_run_dir,
-    save_figure,
-)
+from anima_probe.pipeline.atomic import atomic_write_bytes, atomic_write_json
+from anima_probe.pipeline.figures import new_figure, save_figure
+from anima_probe.pipeline.rundirs import new_run_dir
 from anima_probe.probes.pooling import pool_named
 
 SAMPLERS = ("euler", "er_sde")
@@ -314,15 +309,11 @@ def load_source(path, anima) -> PooledTextProjection | CosmosPooledAdapter:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such modulation file")
     if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                keys = set(f.keys())
-        except Exception as e:  # safetensors raises several types for a corrupt header
-            raise ModulationFileError(f"{path}: not a readable safetensors file ({e})") from e
+        keys = set(tensor_shapes(path))
         if "0.weight" in keys:
             return load_pooled_text_proj(path, model_channels=anima.dit_config.hidden)
         if "scales" not in keys:
-            raise ModulationFileError(f"{path}: neither a pooled_text_proj (key '0.weight') nor a cosmos adapter "
+            raise ModelFileError(f"{path}: neither a pooled_text_proj (key '0.weight') nor a cosmos adapter "
                                       f"(key 'scales'); keys: {sorted(keys)[:6]}")
     return load_cosmos_pooled_adapter(path, anima.dit_config.hidden, anima.num_blocks)
 
