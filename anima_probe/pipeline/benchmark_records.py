@@ -96,6 +96,7 @@ class BenchmarkRecord:
     date: str = field(default_factory=utc_now)
     git_hash: str = field(default_factory=git_hash)
     source: str = "measured by the command"
+    data: dict[str, Any] = field(default_factory=dict)  # the raw measurements, where a script keeps more than tables
 
     def __post_init__(self) -> None:
         check_name(self.name, "benchmark name")
@@ -126,17 +127,18 @@ class BenchmarkRecord:
         return "\n".join(lines)
 
 
-def machine_info(torch_threads: int, note: str = "") -> dict[str, Any]:
-    """What a reader needs to weigh a timing: cores, torch threads and version, load when it started."""
+def machine_info(torch_threads: int, note: str = "", device: str | None = None) -> dict[str, Any]:
+    """What a reader needs to weigh a timing: the device, cores, torch threads and version, load when it started."""
     import torch
 
-    return {"cpu_count": os.cpu_count(), "torch_threads": torch_threads, "torch": torch.__version__,
-            "load_average_1min": round(os.getloadavg()[0], 2), "note": note}
+    return {"device": device or "cpu", "cpu_count": os.cpu_count(), "torch_threads": torch_threads,
+            "torch": torch.__version__, "load_average_1min": round(os.getloadavg()[0], 2), "note": note}
 
 
 def describe_machine(machine: dict[str, Any]) -> str:
-    parts = [f"{machine.get('cpu_count', '?')} CPU cores", f"{machine.get('torch_threads', '?')} torch thread(s)",
-             f"torch {machine.get('torch', '?')}"]
+    parts = [] if machine.get("device", "cpu") == "cpu" else [machine["device"]]
+    parts += [f"{machine.get('cpu_count', '?')} CPU cores", f"{machine.get('torch_threads', '?')} torch thread(s)",
+              f"torch {machine.get('torch', '?')}"]
     if machine.get("load_average_1min") is not None:
         parts.append(f"1-min load average {machine['load_average_1min']:g} at the start")
     return ", ".join(parts) + (f" ({machine['note']})" if machine.get("note") else "")

@@ -8,7 +8,8 @@ beside it. Conditions that are compared run interleaved, in a fresh random order
 machine's load hits all of them alike, and they are compared by the median of paired ratios.
 
 By hand rather than `torch.utils.benchmark`: its Timer measures wall time only, and has no interleaving of
-conditions or CPU clocks, which is what makes these ratios trustworthy on a shared machine.
+conditions or CPU clocks, which is what makes these ratios trustworthy on a shared machine. On a GPU (`device`),
+the clocks stop only once the device's queued kernels are done.
 """
 
 from __future__ import annotations
@@ -37,25 +38,35 @@ def _clock(name: str) -> Callable[[], float]:
     return CLOCKS[name]
 
 
-def timed(fn: Callable[[], Any], clock: str = "process") -> tuple[Timing, Any]:
-    """(how long `fn()` took, what it returned)."""
+def _synchronize(device) -> None:
+    """Wait for a CUDA device's queued kernels: they run asynchronously, so a clock read earlier stops too soon."""
+    if device is not None and str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], clock: str = "process", device=None) -> tuple[Timing, Any]:
+    """(how long `fn()` took, what it returned); with a CUDA `device`, its kernels are waited for."""
     cpu_clock = _clock(clock)
+    _synchronize(device)
     wall, cpu = time.perf_counter(), cpu_clock()
     out = fn()
+    _synchronize(device)
     return Timing(cpu_clock() - cpu, time.perf_counter() - wall), out
 
 
-def repeat(fn: Callable[[], Any], reps: int, warmup: int = 1, clock: str = "process") -> list[Timing]:
+def repeat(fn: Callable[[], Any], reps: int, warmup: int = 1, clock: str = "process", device=None) -> list[Timing]:
     """`reps` timings of `fn()` after `warmup` untimed calls (kernels, allocator and caches warmed)."""
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
     for _ in range(warmup):
         fn()
-    return [timed(fn, clock)[0] for _ in range(reps)]
+    return [timed(fn, clock, device)[0] for _ in range(reps)]
 
 
 def interleaved(conditions: Mapping[str, Callable[[], Any]], reps: int, *, seed: int = 0, warmup: int = 1,
-                clock: str = "process") -> dict[str, list[Timing]]:
+                clock: str = "process", device=None) -> dict[str, list[Timing]]:
     """Time every condition once per repetition, in a fresh random order each time; name -> `reps` timings.
 
     Each condition is warmed up `warmup` times first. The order is drawn from `seed`, so a rerun repeats it.
@@ -70,7 +81,7 @@ def interleaved(conditions: Mapping[str, Callable[[], Any]], reps: int, *, seed:
     for _ in range(reps):
         rng.shuffle(order)
         for name in order:
-            times[name].append(timed(conditions[name], clock)[0])
+            times[name].append(timed(conditions[name], clock, device)[0])
     return times
 
 
