@@ -19,14 +19,7 @@ import torch
 
 from anima_probe.model.anima import Anima, build_transformer, load_anima
 from anima_probe.model.dit_file import DiTConfig
-from anima_probe.pipeline.benchmark_records import (
-    RECORDS_DIR,
-    BenchmarkRecord,
-    Ratio,
-    Table,
-    machine_info,
-    write_record,
-)
+from anima_probe.pipeline import benchmark_records as rec
 from anima_probe.pipeline.timing import repeat
 from anima_probe.training.data import DistillData
 from anima_probe.training.distill import (
@@ -66,36 +59,43 @@ def _median(fn, reps: int) -> float:
     return statistics.median(t.wall for t in repeat(fn, reps))
 
 
-def measure(anima, data: DistillData, batch_size: int, reps: int) -> dict:
+def step_runner(anima, data: DistillData, batch_size: int, device="cpu"):
+    """(runner, batch parts): ``runner(checkpointing)`` is one step of ``distill``'s inner loop (teacher forward,
+    student forward, backward to the source, AdamW), ready to time; benchmarks/gpu.py times the same step."""
     cfg = DistillConfig(batch_size=batch_size)
-    source = new_source(cfg, anima, data.pooled.shape[1])
-    with torch.no_grad():
-        source.linear_out.weight.normal_(std=0.01)  # non-zero, so the backward reaches every source weight
+    source = new_source(cfg, anima, data.pooled.shape[1]).to(device).float()
+    torch.nn.init.normal_(source.linear_out.weight, std=0.01)  # non-zero, so the backward reaches every weight
     student, opt = Student(source, anima.num_blocks), torch.optim.AdamW(source.parameters(), lr=1e-4)
-    parts = batch(cfg, data, 0, 0, 1, "cpu")
+    parts = batch(cfg, data, 0, 0, 1, device)
+
+    def runner(checkpointing: bool):
+        def one():
+            opt.zero_grad(set_to_none=True)
+            with checkpointed_blocks(anima, checkpointing):
+                distill_loss(anima, student, data, *parts, backward=torch.Tensor.backward)
+            opt.step()
+        return one
+
+    return runner, parts
+
+
+def measure(anima, data: DistillData, batch_size: int, reps: int) -> dict:
+    step, parts = step_runner(anima, data, batch_size)
     x_t, sigma = data.x0[parts[0]], parts[1]
 
     def forward():
         with torch.no_grad():
             anima.velocity(x_t, sigma, data.context(parts[0]))
 
-    def step(checkpointing: bool):
-        def run():
-            opt.zero_grad(set_to_none=True)
-            with checkpointed_blocks(anima, checkpointing):
-                distill_loss(anima, student, data, *parts, backward=torch.Tensor.backward)
-            opt.step()
-        return run
-
     f = _median(forward, reps)
     return {"forward": f, "step": _median(step(False), reps), "step_ckpt": _median(step(True), reps)}
 
 
-def to_record(results: dict[str, tuple[int, dict]], machine: dict, reps: int, **provenance) -> BenchmarkRecord:
+def to_record(results: dict[str, tuple[int, dict]], machine: dict, reps: int, **provenance) -> rec.BenchmarkRecord:
     """`results` = model name -> (batch, `measure`'s {"forward", "step", "step_ckpt"} seconds)."""
     rows = [[name, bs, r["forward"] * 1e3, r["step"] * 1e3, r["step"] / r["forward"], r["step_ckpt"] / r["forward"]]
             for name, (bs, r) in results.items()]
-    table = Table("Distillation step vs DiT forward",
+    table = rec.Table("Distillation step vs DiT forward",
                   ["model", "batch", "forward (ms)", "step (ms)", "step / forward", "with gradient checkpointing"],
                   ["{}", "{}", "{:.0f}", "{:.0f}", "**{:.2f}x**", "{:.2f}x"], rows,
                   f"Median of {reps} after a warm-up; both columns of a row measured in the same run. A step = "
@@ -106,19 +106,19 @@ def to_record(results: dict[str, tuple[int, dict]], machine: dict, reps: int, **
                   "forward.")
     ratios = []
     for name, (_, r) in results.items():
-        ratios += [Ratio(f"{name}: step / forward", r["step"] / r["forward"], TARGET),
-                   Ratio(f"{name}: step with gradient checkpointing / forward", r["step_ckpt"] / r["forward"])]
-    return BenchmarkRecord("distill-step", "Distillation step vs DiT forward", COMMAND, machine, [table], ratios,
+        ratios += [rec.Ratio(f"{name}: step / forward", r["step"] / r["forward"], TARGET),
+                   rec.Ratio(f"{name}: step with gradient checkpointing / forward", r["step_ckpt"] / r["forward"])]
+    return rec.BenchmarkRecord("distill-step", "Distillation step vs DiT forward", COMMAND, machine, [table], ratios,
                            **provenance)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--records", default=str(RECORDS_DIR), help="where the JSON record goes")
+    ap.add_argument("--records", default=str(rec.RECORDS_DIR), help="where the JSON record goes")
     args = ap.parse_args()
     torch.set_num_threads(1)  # a shared CPU: thread hand-offs dominate these small matmuls otherwise
-    machine = machine_info(1, "shared with other jobs; fp32")
+    machine = rec.machine_info(1, "shared with other jobs; fp32")
     results = {}
     toy = load_anima(with_text=False)
     for name, anima, side, bs in (("toy world (128 wide, 5 blocks, 256 tokens)", toy, 32, 8),
@@ -127,7 +127,7 @@ def main() -> int:
         print(name, results[name], flush=True)
     record = to_record(results, machine, args.reps)
     print(record.markdown())
-    print(f"wrote {write_record(record, args.records)}")
+    print(f"wrote {rec.write_record(record, args.records)}")
     return 0
 
 

@@ -38,26 +38,11 @@ from anima_probe.guidance.sources import CFGRowPolicy, PooledTextProjection, gui
 from anima_probe.model.anima import CROSSATTN_TOKENS, Anima, build_adapter, build_transformer
 from anima_probe.model.dit_file import ANIMA_ADAPTER, ANIMA_DIT, AdapterConfig, DiTConfig
 from anima_probe.model.text import PromptTokens, crossattn
-from anima_probe.pipeline.benchmark_records import (
-    RECORDS_DIR,
-    BenchmarkRecord,
-    Ratio,
-    Table,
-    machine_info,
-    write_record,
-)
+from anima_probe.pipeline import benchmark_records as rec
 from anima_probe.pipeline.provenance import environment_info, git_hash, utc_now
 from anima_probe.pipeline.timing import interleaved, paired, repeat
 from anima_probe.probes.pooling import pool_named
 from anima_probe.training.data import DistillData
-from anima_probe.training.distill import (
-    DistillConfig,
-    Student,
-    batch,
-    checkpointed_blocks,
-    distill_loss,
-    new_source,
-)
 
 COMMAND = ".venv/bin/python benchmarks/gpu.py"
 CFG, W, TEXT_TOKENS = 4.0, 3.0, 48  # CFG scale, guidance weight, real T5/Qwen tokens per random "prompt"
@@ -202,23 +187,13 @@ def distill_data(anima: Anima, s: Setup) -> DistillData:
 
 def measure_distill(anima: Anima, s: Setup, forward_s: float) -> dict:
     """One step of ``distill``'s inner loop per timing, on the same rows as the forward."""
-    data, cfg = distill_data(anima, s), DistillConfig(batch_size=s.rows)
-    source = new_source(cfg, anima, data.pooled.shape[1]).to(anima.device).float()
-    torch.nn.init.normal_(source.linear_out.weight, std=0.01)  # non-zero, so the backward reaches every weight
-    student, opt = Student(source, anima.num_blocks), torch.optim.AdamW(source.parameters(), lr=1e-4)
-    parts = batch(cfg, data, 0, 0, 1, anima.device)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from distill_step import step_runner  # the step benchmarks/distill_step.py times on CPU
 
-    def step(checkpointing: bool) -> float:
-        def one():
-            opt.zero_grad(set_to_none=True)
-            with checkpointed_blocks(anima, checkpointing):
-                distill_loss(anima, student, data, *parts, backward=torch.Tensor.backward)
-            opt.step()
-        return median_time(one, anima.device, s.reps)
-
+    step, _ = step_runner(anima, distill_data(anima, s), s.rows, anima.device)
     out = {}
     for name, checkpointing in (("step", False), ("step_ckpt", True)):
-        seconds, peak = with_peak(anima.device, lambda c=checkpointing: step(c))
+        seconds, peak = with_peak(anima.device, lambda c=checkpointing: median_time(step(c), anima.device, s.reps))
         out |= {f"{name}_s": seconds, f"{name}_over_forward": seconds / forward_s, f"peak_memory_gib_{name}": peak}
     return out
 
@@ -278,14 +253,14 @@ def _target(key: str, judged: bool) -> float | None:
     return TARGETS[key] if judged else None
 
 
-def to_record(raw: dict, machine: dict) -> BenchmarkRecord:
+def to_record(raw: dict, machine: dict) -> rec.BenchmarkRecord:
     """The benchmark record: the measures and peak memories as tables, the judged figures as ratios, and `raw`
     (what `run` measured, plain data) kept whole under ``data``."""
     s, f, smp, d, t = (raw[k] for k in ("setup", "forward", "sampling", "distill", "targets"))
     judged = t["guided_over_unguided"]["met"] is not None
     share = "no peak known for this device (pass --peak-tflops)" if f["share_of_peak"] is None else \
         f"{100 * f['share_of_peak']:.1f} % of {f['peak_tflops']:g} TFLOP/s"
-    measures = Table(
+    measures = rec.Table(
         f"{'Full-size' if s['name'] == 'full' else 'Tiny (smoke run)'} Anima DiT + adapter ({s['image_side']}x"
         f"{s['image_side']}, latent {s['latent_side']}x{s['latent_side']}, {s['rows_per_call']} rows per DiT call)",
         ["measure", "value"], ["{}", "{}"],
@@ -297,20 +272,20 @@ def to_record(raw: dict, machine: dict) -> BenchmarkRecord:
          ["one distillation step / one forward", f"**{d['step_over_forward']:.2f}x** ({1e3 * d['step_s']:.0f} ms)"],
          ["the same with gradient checkpointing", f"{d['step_ckpt_over_forward']:.2f}x ({1e3 * d['step_ckpt_s']:.0f} ms)"],
          ["whole command (build included)", f"{raw['total_seconds']:.0f} s"]])
-    memory = Table("Peak memory allocated by torch while each phase ran, weights included (GiB)",
+    memory = rec.Table("Peak memory allocated by torch while each phase ran, weights included (GiB)",
                    ["weights", "forward", "unguided sampling", "guided sampling", "distillation step",
                     "with checkpointing"], ["{}"] * 6,
                    [[_gib(v) for v in (raw["weights_gib"], f["peak_memory_gib"], smp["peak_memory_gib_unguided"],
                                        smp["peak_memory_gib_guided"], d["peak_memory_gib_step"],
                                        d["peak_memory_gib_step_ckpt"])]])
-    ratios = [Ratio("guided / unguided sampling, wall time", smp["guided_over_unguided"],
+    ratios = [rec.Ratio("guided / unguided sampling, wall time", smp["guided_over_unguided"],
                     _target("guided_over_unguided", judged)),
-              Ratio("distillation step / forward", d["step_over_forward"]),
-              Ratio("distillation step with gradient checkpointing / forward", d["step_ckpt_over_forward"]),
-              Ratio(f"whole command / {TARGETS['total_seconds']:.0f} s budget",
+              rec.Ratio("distillation step / forward", d["step_over_forward"]),
+              rec.Ratio("distillation step with gradient checkpointing / forward", d["step_ckpt_over_forward"]),
+              rec.Ratio(f"whole command / {TARGETS['total_seconds']:.0f} s budget",
                     raw["total_seconds"] / TARGETS["total_seconds"], 1.0 if judged else None)]
     if f["share_of_peak"] is not None:
-        ratios.insert(0, Ratio("forward: achieved / dense bf16 peak TFLOP/s", f["share_of_peak"],
+        ratios.insert(0, rec.Ratio("forward: achieved / dense bf16 peak TFLOP/s", f["share_of_peak"],
                                _target("forward_share_of_peak", judged), "higher"))
     notes = ["FLOPs of one forward by part (TFLOP): " + ", ".join(
         f"{k} {v / 1e12:.3g}" for k, v in f["flops"].items() if k != "total")
@@ -318,7 +293,7 @@ def to_record(raw: dict, machine: dict) -> BenchmarkRecord:
         "FlopCounterMode on a tiny config by the tests)."]
     if not judged:
         notes.append("Smoke run: the targets are about the full size on a GPU, so none is judged here.")
-    return BenchmarkRecord("gpu", "The full-size Anima on one GPU", raw["command"], machine, [measures, memory],
+    return rec.BenchmarkRecord("gpu", "The full-size Anima on one GPU", raw["command"], machine, [measures, memory],
                            ratios, notes, date=raw["date"], git_hash=raw["git_hash"], data=raw)
 
 
@@ -343,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         torch.set_num_threads(1)  # a shared CPU: the smoke run is about the code path, not speed
     peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
-    machine = machine_info(torch.get_num_threads(), "bf16, random weights", device=_device_name(device))
+    machine = rec.machine_info(torch.get_num_threads(), "bf16, random weights", device=_device_name(device))
     record = to_record(run(TINY if args.tiny else FULL, device, peak, t0, command=" ".join([COMMAND, *argv])), machine)
-    path = write_record(record, args.records or RECORDS_DIR)
+    path = rec.write_record(record, args.records or rec.RECORDS_DIR)
     print(record.markdown(), f"\nwrote {path}", sep="\n")
     return 0
 

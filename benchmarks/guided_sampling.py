@@ -30,14 +30,7 @@ from anima_probe.guidance.guided import (
     sample_guided,
 )
 from anima_probe.guidance.sources import CosmosPooledAdapter, PooledTextProjection
-from anima_probe.pipeline.benchmark_records import (
-    RECORDS_DIR,
-    BenchmarkRecord,
-    Ratio,
-    Table,
-    machine_info,
-    write_record,
-)
+from anima_probe.pipeline import benchmark_records as rec
 from anima_probe.pipeline.timing import interleaved, paired, timed
 
 COMMAND = ".venv/bin/python benchmarks/guided_sampling.py"
@@ -108,14 +101,14 @@ def full_width_two_blocks():
 
 
 def to_record(results: dict[str, dict], prepare_s: float, threads: int, machine: dict,
-              **provenance) -> BenchmarkRecord:
+              **provenance) -> rec.BenchmarkRecord:
     """`results` = size description -> `measure`'s medians; `prepare_s` = the one-off per-prompt work."""
     tables, ratios = [], []
     for size, res in results.items():
         rows = [[name, r["cpu_s"], r["cpu_ratio"], r["wall_s"], r["wall_ratio"]] for name, r in res.items()]
-        tables.append(Table(size, ["condition", "median CPU time", "CPU ratio to unguided", "median wall",
+        tables.append(rec.Table(size, ["condition", "median CPU time", "CPU ratio to unguided", "median wall",
                                    "wall ratio"], ["{}", "{:.2f} s", "**{:.3f}x**", "{:.2f} s", "{:.3f}x"], rows))
-        ratios += [Ratio(f"{size.split(' (')[0]}: {name} / unguided, CPU time", r["cpu_ratio"], TARGET)
+        ratios += [rec.Ratio(f"{size.split(' (')[0]}: {name} / unguided, CPU time", r["cpu_ratio"], TARGET)
                    for name, r in list(res.items())[1:]]
     toy_run = next(iter(results.values()))["unguided CFG (no hooks)"]["wall_s"]
     worst = max(r.value for r in ratios)  # over the guided conditions: the unguided one is 1 by construction
@@ -127,7 +120,7 @@ def to_record(results: dict[str, dict], prepare_s: float, threads: int, machine:
              f"per prompt set, outside the timed runs: text encoding + pooling + projections + delta = {prepare_s:.2f}"
              f" s on the toy model ({prepare_s / toy_run:.2f} of one unguided run); it is never repeated per step or "
              "per grid cell. Differences of a percent or two are within the noise of this shared CPU."]
-    return BenchmarkRecord("guided-sampling", f"Mod-guided sampling vs unguided CFG sampling (CFG {CFG:g}, same "
+    return rec.BenchmarkRecord("guided-sampling", f"Mod-guided sampling vs unguided CFG sampling (CFG {CFG:g}, same "
                            f"steps, same noise; target <= {TARGET:g}x)", COMMAND, machine, tables, ratios, notes,
                            **provenance)
 
@@ -137,13 +130,13 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--records", default=str(RECORDS_DIR), help="where the JSON record goes")
+    ap.add_argument("--records", default=str(rec.RECORDS_DIR), help="where the JSON record goes")
     args = ap.parse_args()
     # One torch thread: CPU time then counts work done, not OpenMP spin-waits; wall time on this shared 2-core
     # machine swings by +-20% with the other jobs' load, so the target is judged on the CPU-time ratio.
     threads = 1
     torch.set_num_threads(threads)
-    machine = machine_info(threads, "shared with other jobs; fp32")
+    machine = rec.machine_info(threads, "shared with other jobs; fp32")
     toy = load_anima(with_vae=False)
     prompts = ["score_8, 1girl, solo, @kiri_ama", "score_8, scenery, landscape, no humans, @neon_yoru"]
     toy_steps, full_steps, reps, full_reps = 4, 2, args.reps, max(3, args.reps // 3)
@@ -158,7 +151,7 @@ def main() -> None:
                                                          full_steps, full_reps)
     record = to_record(results, prepare_s, threads, machine)
     print(record.markdown())
-    print(f"wrote {write_record(record, args.records)}")
+    print(f"wrote {rec.write_record(record, args.records)}")
 
 
 if __name__ == "__main__":

@@ -21,14 +21,7 @@ import contextlib
 
 import torch
 
-from anima_probe.pipeline.benchmark_records import (
-    RECORDS_DIR,
-    BenchmarkRecord,
-    Ratio,
-    Table,
-    machine_info,
-    write_record,
-)
+from anima_probe.pipeline import benchmark_records as rec
 from anima_probe.pipeline.timing import interleaved, paired, timed
 from anima_probe.probes.hooks import capture, hooks
 
@@ -73,23 +66,23 @@ def fixed_cost(anima, n: int = 2000) -> dict[str, float]:
             for name, make in conditions(anima).items()}
 
 
-def to_record(res: dict, fixed: dict, machine: dict, batch: int, reps: int, **provenance) -> BenchmarkRecord:
+def to_record(res: dict, fixed: dict, machine: dict, batch: int, reps: int, **provenance) -> rec.BenchmarkRecord:
     """The record from the measured medians (`measure`) and fixed costs (`fixed_cost`)."""
     rows = [[name, r["cpu_s"] * 1e3, r["wall_s"] * 1e3, (r["cpu_ratio"] - 1) * 100, fixed[name] * 1e6]
             for name, r in res.items()]
-    table = Table(f"Hook overhead on a DiT forward (target: empty capture <= {(TARGET - 1) * 100:.0f}%)",
+    table = rec.Table(f"Hook overhead on a DiT forward (target: empty capture <= {(TARGET - 1) * 100:.0f}%)",
                   ["condition", "median CPU time", "median wall time", "overhead vs no hooks",
                    "enter + leave, no forward"], ["{}", "{:.1f} ms", "{:.1f} ms", "{:+.1f}%", "{:.0f} us"], rows,
                   f"Toy model (128 wide, 5 blocks), batch {batch}, 256 tokens; {reps} interleaved repetitions in "
                   "random order. Overhead = median of paired CPU-time ratios - 1; the time includes registering and "
                   "removing the hooks.")
-    ratios = [Ratio(f"{name} / no hooks, CPU time", r["cpu_ratio"], TARGET if name == EMPTY else None)
+    ratios = [rec.Ratio(f"{name} / no hooks, CPU time", r["cpu_ratio"], TARGET if name == EMPTY else None)
               for name, r in res.items() if name != "no hooks"]
     empty = ratios[[r.label for r in ratios].index(f"{EMPTY} / no hooks, CPU time")]
     note = (f"Empty capture overhead: {(empty.value - 1) * 100:+.1f}% ({empty.verdict()}). Its fixed cost, "
             f"{fixed[EMPTY] * 1e6:.0f} us, is {fixed[EMPTY] / res['no hooks']['cpu_s'] * 100:.4f}% of the forward, "
             "so the measured ratio is the timing noise of this shared CPU, not the hook.")
-    return BenchmarkRecord("hook-overhead", "Hook overhead on a DiT forward", COMMAND, machine, [table], ratios,
+    return rec.BenchmarkRecord("hook-overhead", "Hook overhead on a DiT forward", COMMAND, machine, [table], ratios,
                            [note], **provenance)
 
 
@@ -98,10 +91,10 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--records", default=str(RECORDS_DIR), help="where the JSON record goes")
+    ap.add_argument("--records", default=str(rec.RECORDS_DIR), help="where the JSON record goes")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    machine = machine_info(1, "shared with other jobs; fp32")
+    machine = rec.machine_info(1, "shared with other jobs; fp32")
     toy = load_anima(with_vae=False)
     gen = torch.Generator().manual_seed(0)
     b = 16
@@ -109,7 +102,7 @@ def main() -> None:
     sigma, ctx = torch.rand(b, generator=gen), torch.randn(b, 512, toy.dit_config.text_dim, generator=gen)
     record = to_record(measure(toy, x, sigma, ctx, args.reps), fixed_cost(toy), machine, b, args.reps)
     print(record.markdown())
-    print(f"wrote {write_record(record, args.records)}")
+    print(f"wrote {rec.write_record(record, args.records)}")
 
 
 if __name__ == "__main__":

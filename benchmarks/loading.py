@@ -17,14 +17,7 @@ from pathlib import Path
 
 import torch
 
-from anima_probe.pipeline.benchmark_records import (
-    RECORDS_DIR,
-    BenchmarkRecord,
-    Ratio,
-    Table,
-    machine_info,
-    write_record,
-)
+from anima_probe.pipeline import benchmark_records as rec
 from anima_probe.pipeline.timing import repeat, timed
 
 COMMAND = ".venv/bin/python benchmarks/loading.py"
@@ -71,24 +64,24 @@ def forward_times(c, tokens_side: int, reps: int = 3) -> dict[str, float]:
 
 
 def to_record(size: int, load: dict, forwards: dict[str, tuple[int, dict]], machine: dict,
-              **provenance) -> BenchmarkRecord:
+              **provenance) -> rec.BenchmarkRecord:
     """`load` = the child's {"seconds", "peak_rss"}; `forwards` = config name -> (tokens, `forward_times`)."""
     peak = load["peak_rss"] / size
-    loading = Table("Loading a full-size synthetic Anima DiT file (bf16, 685 keys, `model.diffusion_model.` prefix)",
+    loading = rec.Table("Loading a full-size synthetic Anima DiT file (bf16, 685 keys, `model.diffusion_model.` prefix)",
                     ["file size", "load time", "peak RSS of the loading process",
                      f"peak / file size (goal <= {PEAK_GOAL:g})"], ["{:.2f} GB", "{:.1f} s", "{:.2f} GB", "{:.2f}"],
                     [[size / 1e9, load["seconds"], load["peak_rss"] / 1e9, peak]])
-    forward = Table("DiT forward on CPU, batch 1, fp32 vs bf16 (mean of 3 after a warm-up)",
+    forward = rec.Table("DiT forward on CPU, batch 1, fp32 vs bf16 (mean of 3 after a warm-up)",
                     ["config", "tokens", "fp32", "bf16", "bf16 / fp32"], ["{}", "{}", "{:.1f} ms", "{:.1f} ms",
                                                                           "{:.2f}x"],
                     [[name, n, t["float32"] * 1e3, t["bfloat16"] * 1e3, t["bfloat16"] / t["float32"]]
                      for name, (n, t) in forwards.items()])
-    ratios = [Ratio("peak RSS of loading / file size", peak, PEAK_GOAL)]
-    ratios += [Ratio(f"{name}: bf16 / fp32 forward time", t["bfloat16"] / t["float32"])
+    ratios = [rec.Ratio("peak RSS of loading / file size", peak, PEAK_GOAL)]
+    ratios += [rec.Ratio(f"{name}: bf16 / fp32 forward time", t["bfloat16"] / t["float32"])
                for name, (_, t) in forwards.items()]
     notes = ["The file is read just after it was written, so it is in the page cache: the load time excludes disk "
              "reads. Tensors are read one at a time into a meta-built model (`assign=True`): no second copy is held."]
-    return BenchmarkRecord("loading", "Loading the DiT file and the DiT forward in fp32 vs bf16", COMMAND, machine,
+    return rec.BenchmarkRecord("loading", "Loading the DiT file and the DiT forward in fp32 vs bf16", COMMAND, machine,
                            [loading, forward], ratios, notes, **provenance)
 
 
@@ -97,9 +90,9 @@ def main() -> None:
     from anima_probe.model.tiny import TINY_DIT
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", default=str(RECORDS_DIR), help="where the JSON record goes")
+    ap.add_argument("--records", default=str(rec.RECORDS_DIR), help="where the JSON record goes")
     args = ap.parse_args()
-    machine = machine_info(torch.get_num_threads())
+    machine = rec.machine_info(torch.get_num_threads())
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "anima-full-synthetic.safetensors"
         size = write_full_size(path)
@@ -110,7 +103,7 @@ def main() -> None:
                 "full width (2048, 16 heads), 2 blocks": (256, forward_times(full2, 32))}
     record = to_record(size, load, forwards, machine)
     print(record.markdown())
-    print(f"wrote {write_record(record, args.records)}")
+    print(f"wrote {rec.write_record(record, args.records)}")
 
 
 if __name__ == "__main__":

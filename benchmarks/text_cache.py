@@ -26,14 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anima_probe.pipeline.benchmark_records import (
-    RECORDS_DIR,
-    BenchmarkRecord,
-    Ratio,
-    Table,
-    machine_info,
-    write_record,
-)
+from anima_probe.pipeline import benchmark_records as rec
 from anima_probe.pipeline.timing import timed
 
 COMMAND = ".venv/bin/python benchmarks/text_cache.py"
@@ -126,23 +119,23 @@ def _row(label: list, cold, warm) -> list:
 
 
 def to_record(captions: list[str], pooled: dict, runs: list[dict], full_runs: list[dict], machine: dict,
-              **provenance) -> BenchmarkRecord:
+              **provenance) -> rec.BenchmarkRecord:
     """The record from `time_pooled` and the two `time_experiments` lists (toy model, full-size text side)."""
     time, ratio = "{:.3g} s ({:.3g} s)", "{:.3g}x ({})"
-    toy = Table(f"Embedding cache: cold vs warm (shipped toy model, {len(captions):,} toy-world captions, "
+    toy = rec.Table(f"Embedding cache: cold vs warm (shipped toy model, {len(captions):,} toy-world captions, "
                 f"{len(set(captions)):,} distinct)", ["what", "cold CPU s (wall)", "warm CPU s (wall)",
                                                       f"cold / warm, CPU time (target >= {TARGET:g}x)"],
                 ["{}", time, time, ratio],
                 [_row(["`EmbeddingCache.pooled` (10 pooled vectors per caption)"], pooled["cold"], pooled["warm"])]
                 + [_row([f"whole `experiment.run('{r['name']}')` v{r['version']}, default config"], r["cold"],
                         r["warm"]) for r in runs])
-    full = Table("Whole text experiments with a full-size text side (random Qwen3-0.6B + adapter, bf16, toy caption "
+    full = rec.Table("Whole text experiments with a full-size text side (random Qwen3-0.6B + adapter, bf16, toy caption "
                  "sets)", ["experiment", "overrides", "cold CPU s (wall)", "warm CPU s (wall)",
                            f"cold / warm (target >= {TARGET:g}x)"], ["{}", "{}", time, time, ratio],
                  [_row([f"`{r['name']}` v{r['version']}", " ".join(r["overrides"]) or "defaults"], r["cold"],
                        r["warm"]) for r in full_runs])
-    ratios = [Ratio(f"toy model: {row[0]}, cold / warm CPU time", row[-1][0], TARGET, "higher") for row in toy.rows]
-    ratios += [Ratio(f"full-size text side: {row[0]}, cold / warm CPU time", row[-1][0], TARGET, "higher")
+    ratios = [rec.Ratio(f"toy model: {row[0]}, cold / warm CPU time", row[-1][0], TARGET, "higher") for row in toy.rows]
+    ratios += [rec.Ratio(f"full-size text side: {row[0]}, cold / warm CPU time", row[-1][0], TARGET, "higher")
                for row in full.rows]
     notes = [f"Warm vectors equal the cold ones bit for bit: {pooled['same']}. Cold includes hashing the model files "
              "for the cache key; both exclude model loading (done once). "
@@ -154,7 +147,7 @@ def to_record(captions: list[str], pooled: dict, runs: list[dict], full_runs: li
              "the fixed costs of a run (figures, tables, writing the run folder). The full-size table is the case a "
              "user without a GPU meets: there the cold run pays for encoding every caption, which the warm rerun "
              "skips."]
-    return BenchmarkRecord("text-cache", "Text experiments rerun from the embedding cache: cold vs warm", COMMAND,
+    return rec.BenchmarkRecord("text-cache", "Text experiments rerun from the embedding cache: cold vs warm", COMMAND,
                            machine, [toy, full], ratios, notes, **provenance)
 
 
@@ -162,10 +155,10 @@ def main() -> None:
     from anima_probe.model.anima import load_anima
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", default=str(RECORDS_DIR), help="where the JSON record goes")
+    ap.add_argument("--records", default=str(rec.RECORDS_DIR), help="where the JSON record goes")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    machine = machine_info(1, "shared with other jobs")
+    machine = rec.machine_info(1, "shared with other jobs")
     captions = toy_captions(N_CAPTIONS)
     with tempfile.TemporaryDirectory() as d:
         os.environ["ANIMA_PROBE_CACHE"] = d  # the file-hash memo starts empty too
@@ -177,7 +170,7 @@ def main() -> None:
         full_runs = time_experiments(full, Path(d) / "full", FULL_SIZE_OVERRIDES)
     record = to_record(captions, pooled, runs, full_runs, machine)
     print(record.markdown())
-    print(f"wrote {write_record(record, args.records)}")
+    print(f"wrote {rec.write_record(record, args.records)}")
 
 
 if __name__ == "__main__":

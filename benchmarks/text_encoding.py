@@ -28,14 +28,7 @@ import resource
 import torch
 
 from anima_probe.model.text import PromptTokens, crossattn, qwen_states
-from anima_probe.pipeline.benchmark_records import (
-    RECORDS_DIR,
-    BenchmarkRecord,
-    Ratio,
-    Table,
-    machine_info,
-    write_record,
-)
+from anima_probe.pipeline import benchmark_records as rec
 from anima_probe.pipeline.timing import timed
 
 COMMAND = ".venv/bin/python benchmarks/text_encoding.py"
@@ -97,10 +90,10 @@ def throughput(qwen, adapter, batch: int, take: int) -> tuple[int, float, float]
     return n, n / took.cpu, n / took.wall
 
 
-def to_record(rows: list[tuple], params: tuple[int, int], peak: int, machine: dict, **provenance) -> BenchmarkRecord:
+def to_record(rows: list[tuple], params: tuple[int, int], peak: int, machine: dict, **provenance) -> rec.BenchmarkRecord:
     """`rows` = (dtype, batch, captions timed, captions / CPU s, captions / wall s); `params` = (Qwen3, adapter)."""
     fp32 = {b: r for d, b, _, r, _ in rows if d == "float32"}
-    table = Table("Text encoding throughput: full-size Qwen3-0.6B + LLM adapter, random weights, CPU",
+    table = rec.Table("Text encoding throughput: full-size Qwen3-0.6B + LLM adapter, random weights, CPU",
                   ["dtype", "batch", "captions timed", "captions / CPU s", "(captions / wall s)", "vs fp32 same batch",
                    f"projected CPU time for {N_PROJECT:,} (1 thread)"],
                   ["{}", "{}", "{}", "{:.3f}", "({:.3f})", "{:.2f}x", "{:.0f} min"],
@@ -109,23 +102,23 @@ def to_record(rows: list[tuple], params: tuple[int, int], peak: int, machine: di
                   f"{LENGTHS[0]}-{LENGTHS[1]} Qwen tokens (uniform; the toy tokenizers cannot give real Anima lengths), "
                   f"T5 side length + 1, length-bucketed batches. Peak RSS of the whole run: {peak / 1e9:.2f} GB.")
     by = {(d, b): r for d, b, _, r, _ in rows}
-    ratios = [Ratio(f"bfloat16 / float32 captions per CPU second, batch {b}", by["bfloat16", b] / by["float32", b])
+    ratios = [rec.Ratio(f"bfloat16 / float32 captions per CPU second, batch {b}", by["bfloat16", b] / by["float32", b])
               for b in BATCHES_TIMED]
-    ratios += [Ratio(f"{d}: batch 16 / batch 1 captions per CPU second", by[d, 16] / by[d, 1])
+    ratios += [rec.Ratio(f"{d}: batch 16 / batch 1 captions per CPU second", by[d, 16] / by[d, 1])
                for d in ("float32", "bfloat16")]
     notes = ["Ratios and projections use CPU time from this one run, after a warm-up batch per dtype. Batch 16 vs "
              f"batch 1: fp32 {by['float32', 16] / by['float32', 1]:.2f}x, bf16 {by['bfloat16', 16] / by['bfloat16', 1]:.2f}x "
              "(on one thread a single ~80-token caption already fills the matmuls). This CPU (AMD EPYC) has "
              "avx512_bf16, hence bf16 faster than fp32."]
-    return BenchmarkRecord("text-encoding", "Text encoding throughput with a full-size text side", COMMAND, machine,
+    return rec.BenchmarkRecord("text-encoding", "Text encoding throughput with a full-size text side", COMMAND, machine,
                            [table], ratios, notes, **provenance)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", default=str(RECORDS_DIR), help="where the JSON record goes")
+    ap.add_argument("--records", default=str(rec.RECORDS_DIR), help="where the JSON record goes")
     args = ap.parse_args()
-    machine = machine_info(1, "shared with other jobs")  # the load average is read before any work starts
+    machine = rec.machine_info(1, "shared with other jobs")  # the load average is read before any work starts
     torch.set_num_threads(1)
     torch.manual_seed(0)
     qwen, adapter = qwen3_06b(), full_adapter()
@@ -141,7 +134,7 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     record = to_record(rows, params, peak, machine)
     print(record.markdown())
-    print(f"wrote {write_record(record, args.records)}")
+    print(f"wrote {rec.write_record(record, args.records)}")
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from anima_probe.model.anima import load_anima
+from anima_probe.pipeline import benchmark_records as rec
 from anima_probe.pipeline import experiment
 from anima_probe.pipeline.atomic import atomic_write_json
-from anima_probe.pipeline.benchmark_records import BenchmarkRecord, Ratio, Table, machine_info, write_record
 from anima_probe.pipeline.figures import new_figure, save_figure
 from anima_probe.pipeline.runs import read_run
 from anima_probe.pipeline.timing import timed
@@ -97,20 +97,20 @@ def main() -> int:
     shutil.copyfile(out / "run" / "loss.csv", TOY / "cpu_loss.csv")
     loss_figure(cpu_loss, gpu_loss, cfg.batch_size, gpu_record["config"]["batch_size"], TOY / "loss.png")
 
-    machine = machine_info(torch.get_num_threads(), f"1-min load average {load_after:.1f} at the end")
+    machine = rec.machine_info(torch.get_num_threads(), f"1-min load average {load_after:.1f} at the end")
     machine["load_average_1min"] = round(load_before, 2)
     bench = to_record(record, gpu_record, ends(cpu_loss), ends(gpu_loss), machine)
     print(bench.markdown())
-    print(f"wrote {write_record(bench)}")
+    print(f"wrote {rec.write_record(bench)}")
     return 0
 
 
-def to_record(cpu: dict, gpu: dict, cpu_loss: str, gpu_loss: str, machine: dict, **provenance) -> BenchmarkRecord:
+def to_record(cpu: dict, gpu: dict, cpu_loss: str, gpu_loss: str, machine: dict, **provenance) -> rec.BenchmarkRecord:
     """From the cpu run's record (as written to data/toyworld/cpu_train.json), the shipped gpu run's
     (gpu_train.json) and both loss summaries (`ends`)."""
     cfg, wall, loop = cpu["config"], cpu["wall_seconds"], cpu["loop_seconds"]
-    ratio = Ratio("cpu profile: whole command / 45-min budget", wall / cpu["budget_seconds"], 1.0)
-    runs = Table(f"Training the toy world on CPU (`train-toy --profile cpu`; budget {cpu['budget_seconds'] / 60:.0f} min)",
+    ratio = rec.Ratio("cpu profile: whole command / 45-min budget", wall / cpu["budget_seconds"], 1.0)
+    runs = rec.Table(f"Training the toy world on CPU (`train-toy --profile cpu`; budget {cpu['budget_seconds'] / 60:.0f} min)",
                  ["profile", "device", "steps x batch", "whole command", "training loop", "per step",
                   "loss (first -> last 100 steps)"], ["{}", "{}", "{}", "**{:.1f} min**", "{:.1f} min", "{:.3g} s", "{}"],
                  [["cpu", "this CPU", f"{cpu['steps']} x {cfg['batch_size']}", wall / 60, loop / 60, loop / cpu["steps"],
@@ -118,7 +118,7 @@ def to_record(cpu: dict, gpu: dict, cpu_loss: str, gpu_loss: str, machine: dict,
                   ["gpu (shipped)", gpu["device"], f"{gpu['steps']} x {gpu['config']['batch_size']}", None,
                    gpu["train_seconds"] / 60, gpu["ms_per_step"] / 1000, gpu_loss]])
     models = [cpu["evidence"], cpu["last_step_evidence"], cpu["shipped_evidence"]]
-    evidence = Table("Does the cpu-profile model learn its world? `toyworld-evidence`, default config, three models "
+    evidence = rec.Table("Does the cpu-profile model learn its world? `toyworld-evidence`, default config, three models "
                      "in this run", ["metric", "cpu profile (EMA, as written)", "cpu profile, last step without EMA",
                                      "gpu profile (shipped)"], ["{}", "{:.3f}", "{:.3f}", "{:.3f}"],
                      [[f"artist accuracy on 96 samples (chance {models[0]['chance/artist']:.3f})",
@@ -133,7 +133,7 @@ def to_record(cpu: dict, gpu: dict, cpu_loss: str, gpu_loss: str, machine: dict,
     seen = cpu["steps"] * cfg["batch_size"] / (gpu["steps"] * gpu["config"]["batch_size"])
     note = (f"Whole command / budget: {ratio.value:.2f}x ({ratio.verdict()}). The cpu profile sees {seen:.2f}x the "
             "training images of the gpu profile. Loss curves: `data/toyworld/loss.png`.")
-    return BenchmarkRecord("toy-cpu-budget", "Training the toy world on CPU within its budget", COMMAND, machine,
+    return rec.BenchmarkRecord("toy-cpu-budget", "Training the toy world on CPU within its budget", COMMAND, machine,
                            [runs, evidence], [ratio], [note], **provenance)
 
 
