@@ -11,6 +11,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub: every file is
 
 from anima_probe.pipeline import gate, report  # noqa: E402  (light modules: argument definitions of report / regress)
 
+# --dtype name -> torch dtype attribute: the one table (torch is imported only by the commands that load a model)
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
 
 def _tiny(args) -> int:
     from anima_probe.model.tiny import write_tiny
@@ -27,7 +36,7 @@ def _demo(args) -> int:
     from anima_probe.guidance.samplers import cfg_velocity, initial_noise, sample_euler, simple_sigmas
     from anima_probe.model.anima import load_anima
     from anima_probe.model.text import encode_prompts
-    from anima_probe.pipeline.runs import new_figure, save_figure
+    from anima_probe.pipeline.figures import new_figure, save_figure
 
     anima = load_anima(args.model, with_vae=args.model is not None)
     prompts = [p.strip() for p in args.prompts.split("|")]
@@ -65,7 +74,6 @@ def _train_toy(args) -> int:
 
 def _sample(args) -> int:
     """Mod-guided sampling: a grid of guidance weights (rows) x CFG scales (columns) into a numbered run folder."""
-    import torch
 
     from anima_probe.guidance import families
     from anima_probe.guidance import guided as gs
@@ -73,10 +81,10 @@ def _sample(args) -> int:
     from anima_probe.guidance.schedules import Schedule
     from anima_probe.model.anima import load_anima
     from anima_probe.model.clip import load_clip
-    from anima_probe.pipeline.runs import git_hash, sha256_file
+    from anima_probe.pipeline.provenance import git_hash, sha256_file
     from anima_probe.pipeline.samples import grid_figure, write_sample_run
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = _torch_dtype(args.dtype)
     anima = load_anima(args.model, device=args.device, dtype=dtype, with_vae=args.model is not None)
     source = families.load_source(args.proj, anima)
     family, prompts = families.family_of(source), [p.strip() for p in args.prompts.split("|")]
@@ -111,7 +119,6 @@ def _list(args) -> int:
 
 
 def _run(args) -> int:
-    import torch
 
     from anima_probe.model.anima import load_anima
     from anima_probe.pipeline.experiment import discover, get, run
@@ -121,7 +128,7 @@ def _run(args) -> int:
     names = list(registry) if args.experiment == "all" else [get(args.experiment, registry).name]
     files = {k: getattr(args, k) for k in ("dit", "text_encoder", "vae", "qwen_tokenizer", "t5_tokenizer")
              if getattr(args, k)}
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = _torch_dtype(args.dtype)
     anima = load_anima(args.model, device=args.device, dtype=dtype, with_vae=False, **files)
     for name in names:
         overrides = args.overrides if args.experiment != "all" else []
@@ -136,7 +143,6 @@ def _run(args) -> int:
 
 def _distill(args) -> int:
     """Distil a modulation source (family pooled_text_proj or cosmos) from the frozen model; rerun to resume."""
-    import torch
     from accelerate import Accelerator
 
     from anima_probe.model.anima import load_anima
@@ -147,7 +153,7 @@ def _distill(args) -> int:
 
     cfg = apply_overrides(DistillConfig(), args.overrides)
     accelerator = Accelerator(cpu=args.device == "cpu")  # one process, or one per GPU under `accelerate launch`
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = _torch_dtype(args.dtype)
     anima = load_anima(args.model, device=accelerator.device, dtype=dtype, with_vae=cfg.data == "images")
     clip = load_clip(args.clip, args.clip_tokenizer, device=accelerator.device) if args.clip else None
     try:
@@ -209,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     p.add_argument("--out", default="results", help="where run folders go")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_sample)
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     for role in ("dit", "text-encoder", "vae", "qwen-tokenizer", "t5-tokenizer"):
         p.add_argument(f"--{role}", default=None, help=f"the {role.replace('-', ' ')} file or folder (overrides --model)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     p.add_argument("--results", default="results", help="where run folders go")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_run)
@@ -235,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip", default=None, help="CLIP-L text model file or folder (family cosmos)")
     p.add_argument("--clip-tokenizer", default=None, help="CLIP tokenizer folder (default: found next to --clip)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (the process's GPU under accelerate launch)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="the frozen model's dtype")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="the frozen model's dtype")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_distill)
     p = sub.add_parser("report", help="rerun stale experiments, execute notebooks/ -> reports/*.md + index")

@@ -27,7 +27,7 @@ from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.clip import load_clip
 from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.manifests import load_prompt_sets
-from anima_probe.pipeline.runs import REPO_ROOT, sha256_file
+from anima_probe.pipeline.provenance import REPO_ROOT, sha256_file
 from anima_probe.pipeline.samples import grid_figure
 
 SHIPPED = {"projection": "data/toyworld/pooled_text_proj.safetensors",

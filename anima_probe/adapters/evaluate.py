@@ -26,7 +26,7 @@ from anima_probe.adapters.load import adapter_applied, adapter_kind
 from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
 from anima_probe.model.anima import load_anima
 from anima_probe.model.text import encode_prompts
-from anima_probe.pipeline.runs import atomic_write_text
+from anima_probe.pipeline.atomic import atomic_write_text
 from anima_probe.probes.stats import bootstrap_ci
 from anima_probe.toyworld.classifier import FactorClassifier, fit_factor_classifier
 from anima_probe.toyworld.world import ARTISTS, CONTENT_TAGS, CONTENT_TYPES, NOVEL_ARTISTS, generate

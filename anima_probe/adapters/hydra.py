@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from anima_probe.adapters.apply import inject
 from anima_probe.adapters.lora import LoraWeights, read_lora, save_lora
 from anima_probe.adapters.names import LoraKeyError, kohya_modules, kohya_name
 from anima_probe.model.dit_file import DiTConfig
+from anima_probe.model.files import load_tensors, read_metadata, save_tensors
 
 METADATA_KEY = "hydra"
 _MOE_KEY = re.compile(r"^lora_unet_(?P<m>.+)\.(?P<part>lora_up\.(?P<e>\d+)\.weight|router\.weight|router\.bias)$")
@@ -134,13 +133,8 @@ def save_hydra(weights: HydraWeights, path: str | Path, c: DiTConfig) -> tuple[P
         k = kohya_name(m)
         tensors |= {f"{k}.lora_up.{e}.weight": h[e].contiguous() for e in range(h.shape[0])}
         tensors |= {f"{k}.router.weight": weights.router_weight[m], f"{k}.router.bias": weights.router_bias[m]}
-    moe = moe_path(path)
-    tmp = moe.with_name(moe.name + ".tmp")
     E = {h.shape[0] for h in weights.heads.values()}.pop()
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={METADATA_KEY: json.dumps({"heads": E})})
-    tmp.replace(moe)
-    return plain, moe
+    return plain, save_tensors(tensors, moe_path(path), {METADATA_KEY: json.dumps({"heads": E})})
 
 
 def read_hydra(path: str | Path, c: DiTConfig) -> HydraWeights:
@@ -150,14 +144,13 @@ def read_hydra(path: str | Path, c: DiTConfig) -> HydraWeights:
     if not moe.is_file():
         raise FileNotFoundError(f"{moe}: no _moe file beside {path}; without it this is a plain (baked) LoRA")
     table, parts = kohya_modules(c), {}
-    with safe_open(str(moe), framework="pt") as f:
-        E = int(json.loads((f.metadata() or {}).get(METADATA_KEY, "{}")).get("heads", 0))
-        for key in f.keys():
-            match = _MOE_KEY.match(key)
-            module = table.get(match["m"]) if match else None
-            if module is None or module not in lw.down:
-                raise LoraKeyError(f"{moe}: key {key!r} names no module of the plain LoRA {path}")
-            parts.setdefault(module, {})[match["part"]] = f.get_tensor(key)
+    E = int(json.loads(read_metadata(moe).get(METADATA_KEY, "{}")).get("heads", 0))
+    for key, tensor in load_tensors(moe).items():
+        match = _MOE_KEY.match(key)
+        module = table.get(match["m"]) if match else None
+        if module is None or module not in lw.down:
+            raise LoraKeyError(f"{moe}: key {key!r} names no module of the plain LoRA {path}")
+        parts.setdefault(module, {})[match["part"]] = tensor
     if E < 1 or set(parts) != set(lw.down):
         raise LoraKeyError(f"{moe}: needs metadata heads >= 1 and every module of {path}; got heads={E}, "
                            f"{len(parts)} of {len(lw.down)} modules")

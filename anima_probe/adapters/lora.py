@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from anima_probe.adapters.names import (
     KOHYA_PREFIX,
@@ -34,6 +32,7 @@ from anima_probe.adapters.names import (
     linear_shapes,
 )
 from anima_probe.model.dit_file import DiTConfig
+from anima_probe.model.files import load_tensors, read_metadata, save_tensors
 
 FORMATS = ("kohya", "comfyui", "peft")
 PEFT_METADATA_KEY = "lora_adapter_metadata"  # diffusers' key for the peft config in a safetensors header
@@ -149,10 +148,7 @@ def read_lora(path: str | Path, c: DiTConfig) -> LoraWeights:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such LoRA file")
-    with safe_open(str(path), framework="pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
-        metadata = f.metadata() or {}
-    return parse_lora(state, c, metadata, source=str(path))
+    return parse_lora(load_tensors(path), c, read_metadata(path), source=str(path))
 
 
 def to_state_dict(weights: LoraWeights, fmt: str, c: DiTConfig) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -193,7 +189,4 @@ def save_lora(weights: LoraWeights, path: str | Path, fmt: str, c: DiTConfig) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors, metadata = to_state_dict(weights, fmt, c)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-    tmp.replace(path)
-    return path
+    return save_tensors(tensors, path, metadata)

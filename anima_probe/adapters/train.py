@@ -242,7 +242,7 @@ def export_checkpoint(out_dir: str | Path, model: str | Path | None = None) -> P
 
 def plot_loss_curves(runs: dict[str, str | Path], path: str | Path, window: int = 20) -> Path:
     """Training loss of several runs (label -> run folder), as a `window`-step running mean."""
-    from anima_probe.pipeline.runs import new_figure, save_figure
+    from anima_probe.pipeline.figures import new_figure, save_figure
 
     fig = new_figure(figsize=(6, 3.5))
     ax = fig.add_subplot(1, 1, 1)

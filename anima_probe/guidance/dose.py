@@ -36,7 +36,7 @@ from anima_probe.guidance.modulation import Modulation, inject
 from anima_probe.guidance.samplers import cfg_velocity, sample_euler, simple_sigmas
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.text import encode_prompts
-from anima_probe.pipeline.runs import new_figure
+from anima_probe.pipeline.figures import new_figure
 from anima_probe.probes.stats import bootstrap_ci
 from anima_probe.toyworld.scorer import quality_score
 from anima_probe.toyworld.world import ARTISTS, CONTENT_TAGS, CONTENT_TYPES

@@ -21,19 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from anima_probe.guidance.eq3 import CFGRowPolicy
 from anima_probe.guidance.sources import (
     CosmosPooledAdapter,
-    ModulationFileError,
     PooledTextProjection,
     load_cosmos_pooled_adapter,
     load_pooled_text_proj,
     save_cosmos_pooled_adapter,
     save_pooled_text_proj,
 )
+from anima_probe.model.files import ModelFileError, tensor_shapes
 from anima_probe.probes.pooling import pool_named
 
 POOLED_TEXT_PROJ = "pooled_text_proj"
@@ -117,19 +116,15 @@ def load_source(path, anima) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such modulation file")
     if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                keys = set(f.keys())
-        except Exception as e:  # safetensors raises several types for a corrupt header
-            raise ModulationFileError(f"{path}: not a readable safetensors file ({e})") from e
+        keys = set(tensor_shapes(path))
         found = [f for f in REGISTRY.values() if f.key in keys]
         if not found:
             kinds = " nor ".join(f"a {f.name} (key {f.key!r})" for f in REGISTRY.values())
-            raise ModulationFileError(f"{path}: neither {kinds}; keys: {sorted(keys)[:6]}")
+            raise ModelFileError(f"{path}: neither {kinds}; keys: {sorted(keys)[:6]}")
     else:
         found = [f for f in REGISTRY.values() if path.suffix in f.suffixes]
         if len(found) != 1:
-            raise ModulationFileError(f"{path}: {len(found)} modulation families read {path.suffix!r} files; "
+            raise ModelFileError(f"{path}: {len(found)} modulation families read {path.suffix!r} files; "
                                       "save the source as .safetensors")
     return found[0].load(path, anima)
 

@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from anima_probe.model.files import ModelFileError, check_layout, load_tensors, read_metadata, save_tensors
+from anima_probe.pipeline.atomic import atomic_path
 
 TEXT_DIM = 1024  # Anima's crossattn_emb width (post-LLMAdapter)
 CLIP_DIM = 768  # CLIP-L pooler_output
@@ -31,39 +32,18 @@ FORMAT_VERSION = "1"
 _META_FORMAT, _META_VERSION = "anima_probe.format", "anima_probe.format_version"
 
 
-class ModulationFileError(ValueError):
-    """A modulation-source file that is missing keys, has wrong shapes, or is not in the expected format."""
-
-
-def _check_layout(found: Mapping[str, tuple], expected: Mapping[str, tuple], path, what: str) -> None:
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
-    if missing:
-        raise ModulationFileError(f"{path}: {what} is missing key {missing[0]!r} (all missing: {missing})")
-    if extra:
-        raise ModulationFileError(f"{path}: {what} has unexpected key {extra[0]!r} (all unexpected: {extra})")
-    for key, shape in expected.items():
-        if tuple(found[key]) != tuple(shape):
-            raise ModulationFileError(f"{path}: {what} key {key!r} has shape {tuple(found[key])}, expected {shape}")
-
-
 def _check_finite(tensors: Mapping[str, torch.Tensor], path) -> None:
     for key, t in tensors.items():
         if not torch.isfinite(t).all():
-            raise ModulationFileError(f"{path}: key {key!r} holds non-finite values")
+            raise ModelFileError(f"{path}: key {key!r} holds non-finite values")
 
 
 def _read_safetensors(path: Path, fmt: str) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises several types for a corrupt header
-        raise ModulationFileError(f"{path}: not a readable safetensors file ({e})") from e
+    meta = read_metadata(path)
     # files written elsewhere (the community's) carry no metadata: only a contradicting tag is an error
     if meta.get(_META_FORMAT, fmt) != fmt:
-        raise ModulationFileError(f"{path}: metadata says format {meta[_META_FORMAT]!r}, expected {fmt!r}")
-    return tensors
+        raise ModelFileError(f"{path}: metadata says format {meta[_META_FORMAT]!r}, expected {fmt!r}")
+    return load_tensors(path)
 
 
 def _existing(path) -> Path:
@@ -133,9 +113,7 @@ def save_pooled_text_proj(module: PooledTextProjection, path) -> Path:
     meta = {_META_FORMAT: POOLED_TEXT_PROJ_FORMAT, _META_VERSION: FORMAT_VERSION,
             "model_channels": str(module.model_channels), "text_dim": str(module.text_dim),
             "sigma_film": str(module.sigma_film is not None).lower()}
-    path = Path(path)
-    save_file(tensors, str(path), metadata=meta)
-    return path
+    return save_tensors(tensors, path, meta)
 
 
 def pooled_text_proj_layout(model_channels: int, text_dim: int = TEXT_DIM, sigma_film: bool = False):
@@ -154,19 +132,19 @@ def load_pooled_text_proj(path, model_channels: int | None = None) -> PooledText
     """
     path = _existing(path)
     if path.suffix != ".safetensors":
-        raise ModulationFileError(f"{path}: pooled_text_proj files are .safetensors, got {path.suffix!r}")
+        raise ModelFileError(f"{path}: pooled_text_proj files are .safetensors, got {path.suffix!r}")
     tensors = _read_safetensors(path, POOLED_TEXT_PROJ_FORMAT)
     first = tensors.get("0.weight")
     if first is None or first.ndim != 2:
         got = None if first is None else tuple(first.shape)
-        raise ModulationFileError(f"{path}: pooled_text_proj needs key '0.weight' of shape (D, text_dim), got {got}")
+        raise ModelFileError(f"{path}: pooled_text_proj needs key '0.weight' of shape (D, text_dim), got {got}")
     d, text_dim = first.shape
     if model_channels is not None and d != model_channels:
-        raise ModulationFileError(f"{path}: key '0.weight' has D={d} rows but the model has "
+        raise ModelFileError(f"{path}: key '0.weight' has D={d} rows but the model has "
                                   f"model_channels={model_channels}")
     film = any(k.startswith("sigma_film.") for k in tensors)
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    _check_layout(shapes, pooled_text_proj_layout(d, text_dim, film), path, "pooled_text_proj")
+    check_layout(shapes, pooled_text_proj_layout(d, text_dim, film), path, POOLED_TEXT_PROJ_FORMAT)
     _check_finite(tensors, path)
     module = PooledTextProjection(d, text_dim, sigma_film=film)
     module.load_state_dict({k: v.float() for k, v in tensors.items()})
@@ -224,13 +202,13 @@ def _read_torch_pickle(path: Path) -> dict:
     try:  # weights_only: tensors and plain containers only, never arbitrary objects
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ModulationFileError(f"{path}: refused to unpickle (it holds more than tensors): {e}") from e
+        raise ModelFileError(f"{path}: refused to unpickle (it holds more than tensors): {e}") from e
     except Exception as e:
-        raise ModulationFileError(f"{path}: not a readable torch file ({e})") from e
+        raise ModelFileError(f"{path}: not a readable torch file ({e})") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModulationFileError(f"{path}: expected a flat dict of tensors, got {type(obj).__name__}")
+        raise ModelFileError(f"{path}: expected a flat dict of tensors, got {type(obj).__name__}")
     return obj
 
 
@@ -247,21 +225,21 @@ def load_cosmos_pooled_adapter(path, model_channels: int | None = None,
     elif path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         tensors = _read_torch_pickle(path)
     else:
-        raise ModulationFileError(f"{path}: unknown adapter file type {path.suffix!r} (.pt or .safetensors)")
+        raise ModelFileError(f"{path}: unknown adapter file type {path.suffix!r} (.pt or .safetensors)")
     first, scales = tensors.get("text_embedder_clip.linear_1.weight"), tensors.get("scales")
     for key, t in (("text_embedder_clip.linear_1.weight", first), ("scales", scales)):
         if t is None or t.ndim != 2:
-            raise ModulationFileError(f"{path}: cosmos adapter needs a 2-D key {key!r}, "
+            raise ModelFileError(f"{path}: cosmos adapter needs a 2-D key {key!r}, "
                                       f"got {None if t is None else tuple(t.shape)}")
     h, clip_dim = first.shape
     if h % 3:
-        raise ModulationFileError(f"{path}: key 'text_embedder_clip.linear_1.weight' has {h} rows, not 3*D")
+        raise ModelFileError(f"{path}: key 'text_embedder_clip.linear_1.weight' has {h} rows, not 3*D")
     d, n = h // 3, scales.shape[0]
     for name, want, got in (("model_channels", model_channels, d), ("num_blocks", num_blocks, n)):
         if want is not None and want != got:
-            raise ModulationFileError(f"{path}: adapter has {name}={got} but the model has {want}")
-    _check_layout({k: tuple(v.shape) for k, v in tensors.items()}, cosmos_adapter_layout(d, n, clip_dim), path,
-                  "cosmos adapter")
+            raise ModelFileError(f"{path}: adapter has {name}={got} but the model has {want}")
+    check_layout({k: tuple(v.shape) for k, v in tensors.items()}, cosmos_adapter_layout(d, n, clip_dim), path,
+                 COSMOS_ADAPTER_FORMAT)
     _check_finite(tensors, path)
     module = CosmosPooledAdapter(d, n, clip_dim)
     module.load_state_dict({k: v.float() for k, v in tensors.items()})
@@ -273,10 +251,10 @@ def save_cosmos_pooled_adapter(module: CosmosPooledAdapter, path) -> Path:
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
     if path.suffix == ".safetensors":
-        meta = {_META_FORMAT: COSMOS_ADAPTER_FORMAT, _META_VERSION: FORMAT_VERSION}
-        save_file(tensors, str(path), metadata=meta)
+        save_tensors(tensors, path, {_META_FORMAT: COSMOS_ADAPTER_FORMAT, _META_VERSION: FORMAT_VERSION})
     elif path.suffix in (".pt", ".pth"):
-        torch.save(tensors, str(path))
+        with atomic_path(path) as tmp:
+            torch.save(tensors, tmp)
     else:
-        raise ModulationFileError(f"{path}: save as .pt or .safetensors, got {path.suffix!r}")
+        raise ModelFileError(f"{path}: save as .pt or .safetensors, got {path.suffix!r}")
     return path

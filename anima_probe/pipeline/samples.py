@@ -13,13 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anima_probe.pipeline.runs import (
-    atomic_write_bytes,
-    atomic_write_json,
-    new_figure,
-    new_run_dir,
-    save_figure,
-)
+from anima_probe.pipeline.atomic import atomic_write_bytes, atomic_write_json
+from anima_probe.pipeline.figures import new_figure, save_figure
+from anima_probe.pipeline.rundirs import new_run_dir
 
 
 def grid_figure(images: torch.Tensor, row_labels: Sequence[str], col_labels: Sequence[str]):

@@ -32,7 +32,8 @@ from anima_probe.guidance import families
 from anima_probe.guidance.families import POOLED_TEXT_PROJ
 from anima_probe.guidance.modulation import Modulation, constant, inject
 from anima_probe.model.flow import add_noise, logit_normal_sigmas
-from anima_probe.pipeline.runs import atomic_write_json, new_figure, save_figure
+from anima_probe.pipeline.atomic import atomic_write_json
+from anima_probe.pipeline.figures import new_figure, save_figure
 from anima_probe.training import loop as training
 from anima_probe.training.data import DistillData, prepare_data
 

@@ -21,12 +21,12 @@ from anima_probe.guidance.samplers import cfg_combine, initial_noise, sample_eul
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.guidance.sources import (
     CosmosPooledAdapter,
-    ModulationFileError,
     PooledTextProjection,
     save_cosmos_pooled_adapter,
     save_pooled_text_proj,
 )
 from anima_probe.model.clip import load_clip, write_tiny_clip
+from anima_probe.model.files import ModelFileError
 from anima_probe.model.text import encode_prompts
 from anima_probe.probes.pooling import pool_named
 
@@ -174,9 +174,9 @@ def test_load_source_tells_the_families_apart(tiny_anima, tmp_path):
     from safetensors.torch import save_file
 
     save_file({"foo": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
-    with pytest.raises(ModulationFileError, match="x.safetensors: neither a pooled_text_proj"):
+    with pytest.raises(ModelFileError, match="x.safetensors: neither a pooled_text_proj"):
         load_source(tmp_path / "x.safetensors", tiny_anima)
-    with pytest.raises(ModulationFileError, match="model_channels=64"):
+    with pytest.raises(ModelFileError, match="model_channels=64"):
         load_source(save_pooled_text_proj(PooledTextProjection(32, 32), tmp_path / "w.safetensors"), tiny_anima)
 
 

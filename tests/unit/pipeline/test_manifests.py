@@ -18,7 +18,7 @@ from anima_probe.pipeline.manifests import (
     split_tags,
     write_caption_set,
 )
-from anima_probe.pipeline.runs import REPO_ROOT
+from anima_probe.pipeline.provenance import REPO_ROOT
 
 PROPOSAL_POS = "absurdres, highres, masterpiece, best quality, score_7, score_8, score_9"
 PROPOSAL_NEG = "worst quality, low quality, score_1, score_2, score_3"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from anima_probe.toyworld.classifier import fit_factor_classifier
-from anima_probe.toyworld.world import ARTISTS, NOVEL_ARTISTS, NOVEL_STYLES, STYLES, generate, sample_factors
+from anima_probe.toyworld.drawing import ARTISTS, NOVEL_ARTISTS, NOVEL_STYLES, STYLES
+from anima_probe.toyworld.world import generate, sample_factors
 
 # sha256 over (pixels, caption, artist) of generate(48, seed), computed with the world module as it was before the
 # novel artist was added (commit 016b07a): the default draws must not move by one bit.
