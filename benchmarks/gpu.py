@@ -16,8 +16,8 @@ CFG step. It measures, in one run:
 
 Targets (issue 13): forward >= 40 % of the dense bf16 peak; guided / unguided <= 1.03x; the whole command < 8 min.
 
-Run:  .venv/bin/python benchmarks/gpu.py                                   (CUDA; writes reports/)
-      .venv/bin/python benchmarks/gpu.py --device cpu --tiny --out DIR      (smoke mode: a tiny config, seconds)
+Run:  .venv/bin/python benchmarks/gpu.py                                (CUDA; writes reports/benchmarks/gpu.json)
+      .venv/bin/python benchmarks/gpu.py --device cpu --tiny --records DIR (smoke mode: a tiny config, seconds)
 """
 
 from __future__ import annotations
@@ -32,25 +32,20 @@ from pathlib import Path
 
 import torch
 
-from anima_probe.guidance.guided import Guidance, GuidedPrompts, initial_noise, sample_guided
-from anima_probe.guidance.modulation import POOLED_TEXT_PROJ
-from anima_probe.guidance.sources import CFGRowPolicy, PooledTextProjection, guidance_delta
+from anima_probe.guidance.eq3 import CFGRowPolicy
+from anima_probe.guidance.families import POOLED_TEXT_PROJ, guidance_delta
+from anima_probe.guidance.guided import Guidance, GuidedPrompts, sample_guided
+from anima_probe.guidance.samplers import initial_noise
+from anima_probe.guidance.sources import PooledTextProjection
 from anima_probe.model.anima import CROSSATTN_TOKENS, Anima, build_adapter, build_transformer
 from anima_probe.model.dit_file import ANIMA_ADAPTER, ANIMA_DIT, AdapterConfig, DiTConfig
 from anima_probe.model.text import PromptTokens, crossattn
-from anima_probe.pipeline.runs import atomic_write_json, environment_info, git_hash, update_section, utc_now
+from anima_probe.pipeline import benchmark_records as rec
+from anima_probe.pipeline.provenance import environment_info, git_hash, utc_now
+from anima_probe.pipeline.timing import interleaved, paired, repeat
 from anima_probe.probes.pooling import pool_named
 from anima_probe.training.data import DistillData
-from anima_probe.training.distill import (
-    DistillConfig,
-    Student,
-    batch,
-    checkpointed_blocks,
-    distill_loss,
-    new_source,
-)
 
-ROOT = Path(__file__).resolve().parent.parent
 COMMAND = ".venv/bin/python benchmarks/gpu.py"
 CFG, W, TEXT_TOKENS = 4.0, 3.0, 48  # CFG scale, guidance weight, real T5/Qwen tokens per random "prompt"
 # Dense bf16 tensor-core peaks, TFLOP/s, from NVIDIA's datasheets (Hopper sheets quote 2:4 sparsity; dense is half);
@@ -146,16 +141,6 @@ def guided_prompts(anima: Anima, ctx: torch.Tensor, mask: torch.Tensor) -> Guide
                          {CFGRowPolicy.PER_ROW_BASE.value: base[1:2]}, delta, None)
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # kernels run asynchronously: stop the clock when they are done
-    return time.perf_counter() - t
-
-
 def with_peak(device: torch.device, fn: Callable[[], object]) -> tuple[object, float | None]:
     """``fn()`` and the peak memory torch allocated while it ran, weights included (GiB; None off CUDA)."""
     if device.type != "cuda":
@@ -167,8 +152,8 @@ def with_peak(device: torch.device, fn: Callable[[], object]) -> tuple[object, f
 
 
 def median_time(fn: Callable[[], object], device: torch.device, reps: int) -> float:
-    timed(fn, device)  # warm-up: kernel selection, allocator growth
-    return statistics.median(timed(fn, device) for _ in range(reps))
+    """Median wall seconds of `reps` calls after a warm-up (kernel selection, allocator growth)."""
+    return statistics.median(t.wall for t in repeat(fn, reps, device=device))
 
 
 def measure_forward(anima: Anima, s: Setup, ctx: torch.Tensor) -> dict:
@@ -188,13 +173,10 @@ def measure_sampling(anima: Anima, s: Setup, gp: GuidedPrompts) -> dict:
     runs = {"unguided": lambda: sample_guided(anima, gp, None, CFG, noise, steps=s.steps),
             "guided": lambda: sample_guided(anima, gp, Guidance(W), CFG, noise, steps=s.steps)}
     out = {f"peak_memory_gib_{k}": with_peak(anima.device, fn)[1] for k, fn in runs.items()}  # and the warm-up
-    times = {k: [] for k in runs}
-    for _ in range(s.sample_reps):
-        for k, fn in runs.items():  # interleaved, so a drift in clocks or load hits both conditions alike
-            times[k].append(timed(fn, anima.device))
-    ratios = [g / u for g, u in zip(times["guided"], times["unguided"])]
-    return {**out, "unguided_s": statistics.median(times["unguided"]), "guided_s": statistics.median(times["guided"]),
-            "guided_over_unguided": statistics.median(ratios)}
+    # interleaved in a random order, so a drift in clocks or load hits both conditions alike
+    res = paired(interleaved(runs, s.sample_reps, warmup=0, device=anima.device), "unguided")
+    return {**out, "unguided_s": res["unguided"]["wall_s"], "guided_s": res["guided"]["wall_s"],
+            "guided_over_unguided": res["guided"]["wall_ratio"]}
 
 
 def distill_data(anima: Anima, s: Setup) -> DistillData:
@@ -207,23 +189,13 @@ def distill_data(anima: Anima, s: Setup) -> DistillData:
 
 def measure_distill(anima: Anima, s: Setup, forward_s: float) -> dict:
     """One step of ``distill``'s inner loop per timing, on the same rows as the forward."""
-    data, cfg = distill_data(anima, s), DistillConfig(batch_size=s.rows)
-    source = new_source(cfg, anima, data.pooled.shape[1]).to(anima.device).float()
-    torch.nn.init.normal_(source.linear_out.weight, std=0.01)  # non-zero, so the backward reaches every weight
-    student, opt = Student(source, anima.num_blocks), torch.optim.AdamW(source.parameters(), lr=1e-4)
-    parts = batch(cfg, data, 0, 0, 1, anima.device)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from distill_step import step_runner  # the step benchmarks/distill_step.py times on CPU
 
-    def step(checkpointing: bool) -> float:
-        def one():
-            opt.zero_grad(set_to_none=True)
-            with checkpointed_blocks(anima, checkpointing):
-                distill_loss(anima, student, data, *parts, backward=torch.Tensor.backward)
-            opt.step()
-        return median_time(one, anima.device, s.reps)
-
+    step, _ = step_runner(anima, distill_data(anima, s), s.rows, anima.device)
     out = {}
     for name, checkpointing in (("step", False), ("step_ckpt", True)):
-        seconds, peak = with_peak(anima.device, lambda c=checkpointing: step(c))
+        seconds, peak = with_peak(anima.device, lambda c=checkpointing: median_time(step(c), anima.device, s.reps))
         out |= {f"{name}_s": seconds, f"{name}_over_forward": seconds / forward_s, f"peak_memory_gib_{name}": peak}
     return out
 
@@ -241,7 +213,7 @@ def run(s: Setup, device: torch.device, peak: float | None, t0: float, command: 
             "share_of_peak": None if peak is None else achieved / peak}
     sampling = measure_sampling(anima, s, guided_prompts(anima, ctx, mask))
     distill = measure_distill(anima, s, fwd["seconds"])
-    total = time.perf_counter() - t0
+    total = time.perf_counter() - t0  # the whole command, build included
     values = {"forward_share_of_peak": fwd["share_of_peak"], "guided_over_unguided": sampling["guided_over_unguided"],
               "total_seconds": total}
     setup = {"name": "full" if s == FULL else "tiny", "dit": asdict(s.dit), "adapter": asdict(s.adapter),
@@ -274,70 +246,66 @@ def _device_name(device: torch.device) -> str:
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
 
 
-def _verdict(target: dict) -> str:
-    return "not judged" if target["met"] is None else ("met" if target["met"] else "NOT met")
-
-
 def _gib(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def markdown(record: dict) -> str:
-    """The record's section of reports/performance.md (ratio cells ``1.01x`` and ``met`` verdicts, as every
-    benchmark section writes them, so the performance notebook summarises them)."""
-    s, f, smp, d, t = (record[k] for k in ("setup", "forward", "sampling", "distill", "targets"))
+def _target(key: str, judged: bool) -> float | None:
+    """The issue's target for a ratio, or None where nothing is judged (a smoke run, an unknown peak)."""
+    return TARGETS[key] if judged else None
+
+
+def to_record(raw: dict, machine: dict) -> rec.BenchmarkRecord:
+    """The benchmark record: the measures and peak memories as tables, the judged figures as ratios, and `raw`
+    (what `run` measured, plain data) kept whole under ``data``."""
+    s, f, smp, d, t = (raw[k] for k in ("setup", "forward", "sampling", "distill", "targets"))
+    judged = t["guided_over_unguided"]["met"] is not None
     share = "no peak known for this device (pass --peak-tflops)" if f["share_of_peak"] is None else \
         f"{100 * f['share_of_peak']:.1f} % of {f['peak_tflops']:g} TFLOP/s"
-    side, lat = s["image_side"], s["latent_side"]
-    return "\n".join([
-        f"Machine: {record['env']['device']}, torch {record['env']['torch']}, {s['dtype']}, random weights. "
-        f"Generated by `{record['command']}` (do not edit); the full record: [benchmarks/gpu.json](benchmarks/gpu.json).",
-        "",
-        f"## {'Full-size' if s['name'] == 'full' else 'Tiny (smoke run)'} Anima DiT + adapter ({side}x{side}, latent "
-        f"{lat}x{lat}, {s['rows_per_call']} rows per DiT call)",
-        "",
-        "| measure | value | target |",
-        "|---|---|---|",
-        f"| one forward (median of {s['reps']}) | {1e3 * f['seconds']:.1f} ms, "
-        f"{f['flops']['total'] / 1e12:.2f} TFLOP, {f['achieved_tflops']:.0f} TFLOP/s | |",
-        f"| forward share of the dense bf16 peak | {share} | >= 40 %: {_verdict(t['forward_share_of_peak'])} |",
-        f"| guided (pooled_text_proj, w={s['w']:g}, every block) / unguided sampling, {s['steps']} Euler steps, "
-        f"CFG {s['cfg']:g} | **{smp['guided_over_unguided']:.3f}x** ({smp['guided_s']:.2f} s / "
-        f"{smp['unguided_s']:.2f} s) | <= 1.03x: {_verdict(t['guided_over_unguided'])} |",
-        f"| one distillation step / one forward | **{d['step_over_forward']:.2f}x** ({1e3 * d['step_s']:.0f} ms) | |",
-        f"| the same with gradient checkpointing | {d['step_ckpt_over_forward']:.2f}x "
-        f"({1e3 * d['step_ckpt_s']:.0f} ms) | |",
-        f"| whole command (build included) | {record['total_seconds']:.0f} s | "
-        f"< 480 s: {_verdict(t['total_seconds'])} |",
-        "",
-        "**Peak memory allocated by torch while each phase ran, weights included (GiB)**",
-        "",
-        "| weights | forward | unguided sampling | guided sampling | distillation step | with checkpointing |",
-        "|---|---|---|---|---|---|",
-        f"| {_gib(record['weights_gib'])} | {_gib(f['peak_memory_gib'])} | {_gib(smp['peak_memory_gib_unguided'])} | "
-        f"{_gib(smp['peak_memory_gib_guided'])} | {_gib(d['peak_memory_gib_step'])} | "
-        f"{_gib(d['peak_memory_gib_step_ckpt'])} |",
-        "",
-        "FLOPs of one forward by part (TFLOP): " + ", ".join(
-            f"{k} {v / 1e12:.3g}" for k, v in f["flops"].items() if k != "total")
+    measures = rec.Table(
+        f"{'Full-size' if s['name'] == 'full' else 'Tiny (smoke run)'} Anima DiT + adapter ({s['image_side']}x"
+        f"{s['image_side']}, latent {s['latent_side']}x{s['latent_side']}, {s['rows_per_call']} rows per DiT call)",
+        ["measure", "value"], ["{}", "{}"],
+        [[f"one forward (median of {s['reps']})", f"{1e3 * f['seconds']:.1f} ms, {f['flops']['total'] / 1e12:.2f} "
+          f"TFLOP, {f['achieved_tflops']:.0f} TFLOP/s"],
+         ["forward share of the dense bf16 peak", share],
+         [f"guided (pooled_text_proj, w={s['w']:g}, every block) / unguided sampling, {s['steps']} Euler steps, CFG "
+          f"{s['cfg']:g}", f"**{smp['guided_over_unguided']:.3f}x** ({smp['guided_s']:.2f} s / {smp['unguided_s']:.2f} s)"],
+         ["one distillation step / one forward", f"**{d['step_over_forward']:.2f}x** ({1e3 * d['step_s']:.0f} ms)"],
+         ["the same with gradient checkpointing", f"{d['step_ckpt_over_forward']:.2f}x ({1e3 * d['step_ckpt_s']:.0f} ms)"],
+         ["whole command (build included)", f"{raw['total_seconds']:.0f} s"]])
+    memory = rec.Table("Peak memory allocated by torch while each phase ran, weights included (GiB)",
+                   ["weights", "forward", "unguided sampling", "guided sampling", "distillation step",
+                    "with checkpointing"], ["{}"] * 6,
+                   [[_gib(v) for v in (raw["weights_gib"], f["peak_memory_gib"], smp["peak_memory_gib_unguided"],
+                                       smp["peak_memory_gib_guided"], d["peak_memory_gib_step"],
+                                       d["peak_memory_gib_step_ckpt"])]])
+    ratios = [rec.Ratio("guided / unguided sampling, wall time", smp["guided_over_unguided"],
+                    _target("guided_over_unguided", judged)),
+              rec.Ratio("distillation step / forward", d["step_over_forward"]),
+              rec.Ratio("distillation step with gradient checkpointing / forward", d["step_ckpt_over_forward"]),
+              rec.Ratio(f"whole command / {TARGETS['total_seconds']:.0f} s budget",
+                    raw["total_seconds"] / TARGETS["total_seconds"], 1.0 if judged else None)]
+    if f["share_of_peak"] is not None:
+        ratios.insert(0, rec.Ratio("forward: achieved / dense bf16 peak TFLOP/s", f["share_of_peak"],
+                               _target("forward_share_of_peak", judged), "higher"))
+    notes = ["FLOPs of one forward by part (TFLOP): " + ", ".join(
+        f"{k} {v / 1e12:.3g}" for k, v in f["flops"].items() if k != "total")
         + ". Matmuls only, 2 per multiply-add (formula: `forward_flops` in the script, checked against torch's "
-        "FlopCounterMode on a tiny config by the tests).",
-    ])
-
-
-def write_record(record: dict, reports_dir: Path) -> Path:
-    """The one writer: the record as JSON (``benchmarks/gpu.json``) and its section ``gpu`` of ``performance.md``."""
-    path = atomic_write_json(Path(reports_dir) / "benchmarks" / "gpu.json", record)
-    update_section(Path(reports_dir) / "performance.md", "gpu", markdown(record))
-    return path
+        "FlopCounterMode on a tiny config by the tests)."]
+    if not judged:
+        notes.append("Smoke run: the targets are about the full size on a GPU, so none is judged here.")
+    return rec.BenchmarkRecord("gpu", "The full-size Anima on one GPU", raw["command"], machine, [measures, memory],
+                           ratios, notes, date=raw["date"], git_hash=raw["git_hash"], data=raw)
 
 
 def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (only with --tiny)")
-    ap.add_argument("--tiny", action="store_true", help="smoke mode: a tiny config, a few steps (needs --out)")
-    ap.add_argument("--out", type=Path, default=None, help="reports folder to write into (default: reports/)")
+    ap.add_argument("--tiny", action="store_true", help="smoke mode: a tiny config, a few steps (needs --records)")
+    ap.add_argument("--records", type=Path, default=None, help="where the JSON record goes (default: "
+                    "reports/benchmarks/)")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's dense bf16 peak, TFLOP/s (default: looked up by device name)")
     argv = sys.argv[1:] if argv is None else argv
@@ -347,14 +315,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--device cuda: no CUDA device here; run on a GPU machine, or smoke-test with --device cpu --tiny")
     if device.type != "cuda" and not args.tiny:
         ap.error(f"--device {args.device}: the full-size measurement needs CUDA; use --tiny for a smoke run")
-    if args.tiny and args.out is None:
-        ap.error("--tiny needs --out DIR: a smoke run must not overwrite the committed reports/")
+    if args.tiny and args.records is None:
+        ap.error("--tiny needs --records DIR: a smoke run must not overwrite the committed record")
     if device.type == "cpu":
         torch.set_num_threads(1)  # a shared CPU: the smoke run is about the code path, not speed
     peak = args.peak_tflops or (peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)
-    record = run(TINY if args.tiny else FULL, device, peak, t0, command=" ".join([COMMAND, *argv]))
-    path = write_record(record, args.out or ROOT / "reports")
-    print(markdown(record), f"\nwrote {path}", sep="\n")
+    machine = rec.machine_info(torch.get_num_threads(), "bf16, random weights", device=_device_name(device))
+    record = to_record(run(TINY if args.tiny else FULL, device, peak, t0, command=" ".join([COMMAND, *argv])), machine)
+    path = rec.write_record(record, args.records or rec.RECORDS_DIR)
+    print(record.markdown(), f"\nwrote {path}", sep="\n")
     return 0
 
 

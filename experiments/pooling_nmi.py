@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from anima_probe.pipeline.cache import SOURCES
 from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.manifests import read_caption_set, repo_path
-from anima_probe.pipeline.runs import REPO_ROOT
+from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.pipeline.vocabulary import check_prompt_set
 from anima_probe.probes.clustering import HIGHER_IS_BETTER, STATS, score_clustering, strip_tags
 from anima_probe.probes.directions import pooled_table

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anima_probe.model.tokenization import tokenize_t5
+from anima_probe.pipeline.atomic import atomic_write_json
 from anima_probe.pipeline.manifests import (
     MANIFEST_DIR,
     TOY_MANIFEST_DIR,
@@ -27,7 +28,6 @@ from anima_probe.pipeline.manifests import (
     prompt_rows,
     repo_path,
 )
-from anima_probe.pipeline.runs import atomic_write_json
 
 VOCAB_FILE = "training_vocab.json"
 DIT_SUBDIRS = ("diffusion_models", "split_files/diffusion_models", "models/diffusion_models")

@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from anima_probe.guidance.modulation import COSMOS, Modulation, inject
+from anima_probe.guidance.families import COSMOS
+from anima_probe.guidance.modulation import Modulation, inject
 from anima_probe.probes.hooks import add_vector, capture, patch
 from anima_probe.probes.stats import cluster_bca, holm, null_summary, swap_null
 

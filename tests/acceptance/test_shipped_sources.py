@@ -19,7 +19,7 @@ def test_shipped_toy_sources_beat_the_empty_prompt_on_unseen_images(family, tmp_
     and bring the student closer to the teacher than the no-source student, on toy images of an unused seed."""
     from accelerate import Accelerator
 
-    from anima_probe.pipeline.runs import REPO_ROOT
+    from anima_probe.pipeline.provenance import REPO_ROOT
     from anima_probe.training.distill import make_validation, validate
 
     anima = load_anima()

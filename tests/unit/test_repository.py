@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from anima_probe.pipeline.runs import REPO_ROOT
+from anima_probe.pipeline.provenance import REPO_ROOT
 
 # Top folders of the machines this was written on (a workspace, home folders), assembled at run time so that this
 # file does not contain the strings it looks for.

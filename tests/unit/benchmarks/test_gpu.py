@@ -1,5 +1,5 @@
-"""benchmarks/gpu.py: its FLOP formula against torch's own counter, its smoke mode's record and report section,
-its usage errors, and (on a CUDA machine) the full-size run against the issue's numbers."""
+"""benchmarks/gpu.py: its FLOP formula against torch's own counter, its smoke mode's record (raw measurements,
+tables and ratios), its usage errors, and (on a CUDA machine) the full-size run against the issue's numbers."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from anima_probe.model.anima import build_transformer
 from anima_probe.model.dit_file import ANIMA_DIT
-from anima_probe.pipeline.report import performance_ratios, performance_targets
-from anima_probe.pipeline.runs import REPO_ROOT
+from anima_probe.pipeline.benchmark_records import read_record
+from anima_probe.pipeline.provenance import REPO_ROOT
 
 
 def _load_script():
@@ -70,9 +70,9 @@ def test_peak_lookup_prefers_the_most_specific_name():
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reports")
-    assert gpu.main(["--device", "cpu", "--tiny", "--out", str(out)]) == 0
-    return out, json.loads((out / "benchmarks" / "gpu.json").read_text())
+    out = tmp_path_factory.mktemp("records")
+    assert gpu.main(["--device", "cpu", "--tiny", "--records", str(out)]) == 0
+    return out, json.loads((out / "gpu.json").read_text())["data"]
 
 
 def test_smoke_record_holds_every_measurement(smoke):
@@ -93,20 +93,20 @@ def test_smoke_record_holds_every_measurement(smoke):
     assert {k: t["met"] for k, t in record["targets"].items()} == dict.fromkeys(gpu.TARGETS)
 
 
-def test_smoke_section_is_read_by_the_performance_summary(smoke):
-    out, record = smoke
-    ratios = {r["row"]: r for r in performance_ratios(out / "performance.md")}
-    guided = next(r for row, r in ratios.items() if row.startswith("guided"))
-    assert guided["value"] == round(record["sampling"]["guided_over_unguided"], 3)
-    assert guided["command"] == record["command"] and guided["section"] == "gpu"
-    assert record["command"] == f".venv/bin/python benchmarks/gpu.py --device cpu --tiny --out {out}"
-    assert ratios["one distillation step / one forward"]["value"] == round(record["distill"]["step_over_forward"], 2)
-    assert all("not judged" in sentence for _, sentence in performance_targets(out / "performance.md"))
+def test_smoke_record_states_its_ratios_with_their_command_and_judges_none(smoke):
+    out, raw = smoke
+    record = read_record(out / "gpu.json")
+    ratios = {r.label: r for r in record.ratios}
+    assert ratios["guided / unguided sampling, wall time"].value == raw["sampling"]["guided_over_unguided"]
+    assert ratios["distillation step / forward"].value == raw["distill"]["step_over_forward"]
+    assert record.command == raw["command"] == f".venv/bin/python benchmarks/gpu.py --device cpu --tiny --records {out}"
+    assert all(r.met is None for r in record.ratios)  # a smoke run states its values and judges none
+    assert "Tiny (smoke run)" in record.markdown() and "none is judged here" in record.markdown()
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--device", "cpu"], "needs CUDA"),
-    (["--device", "cpu", "--tiny"], "--tiny needs --out"),
+    (["--device", "cpu", "--tiny"], "--tiny needs --records"),
 ])
 def test_usage_errors_exit_2_with_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -118,8 +118,8 @@ def test_usage_errors_exit_2_with_one_line(argv, message, capsys):
 @pytest.mark.slow
 def test_full_size_run_on_cuda_meets_the_issues_numbers(tmp_path):
     """Forward share of peak is reported, whatever it is; guided sampling and the time budget are targets."""
-    assert gpu.main(["--out", str(tmp_path)]) == 0
-    record = json.loads((tmp_path / "benchmarks" / "gpu.json").read_text())
+    assert gpu.main(["--records", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "gpu.json").read_text())["data"]
     assert record["setup"]["name"] == "full" and record["params"]["dit"] == 1_956_405_248
     assert record["forward"]["share_of_peak"] is not None, "unknown GPU: add its dense bf16 peak to PEAK_BF16_TFLOPS"
     assert record["targets"]["guided_over_unguided"]["met"], record["sampling"]

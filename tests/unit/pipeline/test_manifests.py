@@ -19,7 +19,7 @@ from anima_probe.pipeline.manifests import (
     split_tags,
     write_caption_set,
 )
-from anima_probe.pipeline.runs import REPO_ROOT
+from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.toyworld.world import ARTISTS, CONTENT_TAGS
 
 PROPOSAL_POS = "absurdres, highres, masterpiece, best quality, score_7, score_8, score_9"

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from anima_probe.pipeline import proposal
-from anima_probe.pipeline.runs import REPO_ROOT
+from anima_probe.pipeline.provenance import REPO_ROOT
 
 DOC = REPO_ROOT / "docs" / "proposal.md"
 
