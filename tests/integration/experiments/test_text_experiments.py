@@ -313,10 +313,27 @@ def test_quality_resolution_finds_planted_within_content_alignment(tiny_anima, t
     tags = load_prompt_sets()["tag_sets"]
     sign = {t: 3.0 for axis in ("quality", "resolution") for t in tags[axis]["positive"]}
     sign |= {t: -3.0 for axis in ("quality", "resolution") for t in tags[axis]["negative"]}
-    _, rec = _planted_run(tiny_anima, tmp_path, monkeypatch, "quality-resolution", shared=sign)
+    out, rec = _planted_run(tiny_anima, tmp_path, monkeypatch, "quality-resolution", shared=sign)
     m = rec["metrics"]  # positive control: aligned within content (shared u_c), unrelated alone (no content, no u)
     assert m["per_content/cos_ci_low/crossattn_emb/max_padded"] > m["per_content/null_q95/crossattn_emb/max_padded"]
     assert m["per_content/p/crossattn_emb/max_padded"] == pytest.approx(1 / 31)
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    counts = tuple(tag_count(side) for side in qr_mod.axis_prompts(tags)["resolution"])
+    assert (int(rows[0]["tags_plus"]), int(rows[0]["tags_minus"])) == counts == (2, 1)  # the matched null first
+    nulls = list(csv.DictReader((out / "null.csv").open()))
+    assert sum(r["scope"] == "per_content" for r in nulls) == SMALL_QD["n_null"]
+
+
+def test_quality_direction_finds_nothing_where_nothing_is_planted(tiny_anima, tmp_path, monkeypatch):
+    # negative control: the quality tags interact with content like every neutral tag (noise 1 for all), so the
+    # observed consistency is one more draw from the matched null: inside its band, CI reaching below its q95
+    _, rec = _planted_run(tiny_anima, tmp_path, monkeypatch, "quality-direction")
+    m = rec["metrics"]
+    assert m["null_q05/crossattn_emb/max_padded"] < m["cos_mean/crossattn_emb/max_padded"] < m[
+        "null_q95/crossattn_emb/max_padded"]
+    assert m["p/crossattn_emb/max_padded"] > 0.05 and m["cos_ci_low/crossattn_emb/max_padded"] < m[
+        "null_q95/crossattn_emb/max_padded"]
+    assert m["mde/crossattn_emb/max_padded"] > 0
 
 
 def test_nulls_built_like_the_statistic_give_uniform_p_when_nothing_is_planted():
