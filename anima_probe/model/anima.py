@@ -19,6 +19,7 @@ from diffusers import AnimaTextConditioner, CosmosTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
 from transformers import Qwen3Config, Qwen3Model
 
+from anima_probe.errors import InputError, MissingFileError
 from anima_probe.model import dit_file as ckpt
 from anima_probe.model.dit_file import AdapterConfig, DiTConfig
 from anima_probe.model.files import (
@@ -87,7 +88,7 @@ def dit_velocity(transformer: CosmosTransformer3DModel, x_t: torch.Tensor, sigma
     B, C, H, W = x_t.shape
     p = transformer.config.patch_size[1]
     if H % p or W % p:
-        raise ValueError(f"latent size {H}x{W} is not a multiple of the patch size {p}")
+        raise InputError(f"latent size {H}x{W} is not a multiple of the patch size {p}")
     dtype = transformer.patch_embed.proj.weight.dtype
     sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32).reshape(-1).expand(B)  # (B,)
     x = x_t.to(dtype).unsqueeze(2)  # (B, C, 1, H, W): an image is a one-frame video
@@ -292,9 +293,9 @@ def _one_file(root: Path, role: str, required: bool) -> Path | None:
             return files[0]
         if len(files) > 1:
             names = ", ".join(f.name for f in files)
-            raise FileNotFoundError(f"{d}: {len(files)} .safetensors files ({names}); choose one with --{role.replace('_', '-')}")
+            raise MissingFileError(f"{d}: {len(files)} .safetensors files ({names}); choose one with --{role.replace('_', '-')}")
     if required:
-        raise FileNotFoundError(f"no {role} .safetensors found under {root} (looked in {', '.join(looked)})")
+        raise MissingFileError(f"no {role} .safetensors found under {root} (looked in {', '.join(looked)})")
     return None
 
 
@@ -304,7 +305,7 @@ def find_model_files(root: Path, **overrides) -> ModelFiles:
 
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"--model {root}: not a folder")
+        raise MissingFileError(f"--model {root}: not a folder")
     if (root / "transformer" / "config.json").is_file():  # diffusers layout
         dit, te = root, root / "text_encoder"
     else:
@@ -341,7 +342,7 @@ def load_anima(model: str | Path | None = None, *, device: str | torch.device = 
     else:
         transformer, adapter, dit_c = load_dit_file(files.dit, device, dtype)
         if with_text and files.text_encoder is None:
-            raise FileNotFoundError(f"--model {root}: no text encoder found; pass --text-encoder FILE")
+            raise MissingFileError(f"--model {root}: no text encoder found; pass --text-encoder FILE")
         text_encoder = load_qwen3_file(files.text_encoder, device, dtype) if with_text else None
     qtok = ttok = None
     if with_text:

@@ -21,13 +21,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from anima_probe.errors import InputError
 from anima_probe.pipeline.atomic import atomic_path
 
 SHOWN_KEYS = 5  # offending keys named per category in an error message
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError):
     """A model file that cannot be loaded as asked: missing, not safetensors, truncated, of another format, or
     with keys and shapes that do not match the architecture. The message names the file (and key)."""
 

@@ -17,6 +17,7 @@ from diffusers import AutoencoderKLQwenImage, CosmosTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
 from transformers import Qwen3Config, Qwen3Model
 
+from anima_probe.errors import InputError
 from anima_probe.model.anima import QWEN_ROPE_THETA
 from anima_probe.model.dit_file import ADAPTER_PREFIX, AdapterConfig, DiTConfig, adapter_layout, dit_layout
 from anima_probe.model.files import save_tensors
@@ -115,7 +116,7 @@ def write_tiny(out_dir: Path, prefix: str = "net.", seed: int = 0, with_vae: boo
     from anima_probe.model.tokenization import load_tokenizers, train_tiny_tokenizers
 
     if prefix not in PREFIX_CHOICES:
-        raise ValueError(f"prefix must be one of {list(PREFIX_CHOICES)}, got {prefix!r}")
+        raise InputError(f"prefix must be one of {list(PREFIX_CHOICES)}, got {prefix!r}")
     out = Path(out_dir)
     qdir, tdir = train_tiny_tokenizers(out, corpus or [], seed=seed)
     qtok, ttok = load_tokenizers(qdir, tdir)

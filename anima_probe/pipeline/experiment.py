@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from anima_probe.errors import InputError, UnknownNameError, UsageError
 from anima_probe.pipeline.freshness import source_fingerprint, staleness, write_stamp
 from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.pipeline.rundirs import resolve_latest
@@ -103,7 +104,7 @@ def discover(folder: str | Path = EXPERIMENTS_DIR) -> dict[str, Experiment]:
         if exp is None:
             continue
         if exp.name in found:
-            raise ValueError(f"{path}: experiment name {exp.name!r} is already defined by another file")
+            raise InputError(f"{path}: experiment name {exp.name!r} is already defined by another file")
         found[exp.name] = exp
     return found
 
@@ -113,7 +114,7 @@ def get(name: str, registry: dict[str, Experiment] | None = None) -> Experiment:
     if name not in registry:
         close = difflib.get_close_matches(name, registry, n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(f"unknown experiment {name!r}{hint} Known: {sorted(registry)}")
+        raise UnknownNameError(f"unknown experiment {name!r}{hint} Known: {sorted(registry)}")
     return registry[name]
 
 
@@ -133,11 +134,11 @@ def _parse(text: str, kind: Any, key: str) -> Any:
             return True
         if text.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"override {key}={text!r}: expected true or false")
+        raise UsageError(f"override {key}={text!r}: expected true or false")
     try:
         return kind(text)
     except (TypeError, ValueError):
-        raise ValueError(f"override {key}={text!r}: expected {getattr(kind, '__name__', kind)}") from None
+        raise UsageError(f"override {key}={text!r}: expected {getattr(kind, '__name__', kind)}") from None
 
 
 def apply_overrides(config: Any, overrides: list[str] | dict[str, Any]) -> Any:
@@ -149,15 +150,21 @@ def apply_overrides(config: Any, overrides: list[str] | dict[str, Any]) -> Any:
         if key not in hints:
             close = difflib.get_close_matches(key, hints, n=2)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise KeyError(f"unknown config key {key!r} for {type(config).__name__}{hint} Keys: {sorted(hints)}")
+            raise UnknownNameError(f"unknown config key {key!r} for {type(config).__name__}{hint} Keys: {sorted(hints)}")
         changes[key] = _parse(value, hints[key], key) if isinstance(value, str) else value
-    return dataclasses.replace(config, **changes)
+    try:
+        return dataclasses.replace(config, **changes)
+    except ValueError as err:  # the config's own validation (__post_init__): the user's values
+        if isinstance(err, UsageError):
+            raise
+        given = " ".join(f"{k}={v}" for k, v in pairs)
+        raise UsageError(f"{type(config).__name__} {given}: {err}") from None
 
 
 def _split(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise ValueError(f"override {item!r} is not key=value")
+        raise UsageError(f"override {item!r} is not key=value")
     return key.strip(), value.strip()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from anima_probe.errors import UnknownNameError, UsageError
 from anima_probe.pipeline.notebooks import execute
 from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.pipeline.report_file import DEFAULT_COMMAND, REPORTS_DIR
@@ -53,7 +54,7 @@ def generate(model: str | Path | None = None, *, results: str | Path = "results"
     if only:
         unknown = sorted(set(only) - {nb.stem for nb in notebooks})
         if unknown:
-            raise KeyError(f"no notebooks {unknown} in {notebooks_dir}; have {[nb.stem for nb in notebooks]}")
+            raise UnknownNameError(f"no notebooks {unknown} in {notebooks_dir}; have {[nb.stem for nb in notebooks]}")
         notebooks = [nb for nb in notebooks if nb.stem in only]
     lacking = sorted(set(registry) - {nb.stem for nb in Path(notebooks_dir).glob("*.ipynb")})
     if lacking:
@@ -74,15 +75,20 @@ def generate(model: str | Path | None = None, *, results: str | Path = "results"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tier", default="toy", choices=["toy", "anima"],
                    help="toy: the bundled toy world into reports/; anima: --model DIR into reports/anima/")
-    p.add_argument("--model", default=None, help="model folder (tier anima: the real weights)")
     p.add_argument("--results", default=None, help="run folders (default: results/, or results/anima/)")
     p.add_argument("--reports", default=None, help="where reports go (default: reports/, or reports/anima/)")
     p.add_argument("--only", nargs="+", default=None, help="notebook names (default: all of notebooks/)")
     p.add_argument("--force", action="store_true", help="rerun the experiments even when fresh")
     p.add_argument("--check", action="store_true",
                    help="write nothing: compare the committed reports' metrics with fresh runs (within tolerance)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _load(args: argparse.Namespace):
+    """The model named by the shared model options (device checked first)."""
+    from anima_probe.model.anima import load_anima
+    from anima_probe.model.options import model_kwargs
+
+    return load_anima(**model_kwargs(args), with_vae=False)
 
 
 def cli(args: argparse.Namespace) -> int:
@@ -91,15 +97,16 @@ def cli(args: argparse.Namespace) -> int:
     from anima_probe.pipeline.gate import tier_results
 
     if args.tier != "toy" and args.model is None:
-        raise SystemExit(f"--tier {args.tier} needs --model DIR (the weights its reports are for)")
+        raise UsageError(f"--tier {args.tier} needs --model DIR (the weights its reports are for)")
     results = Path(args.results) if args.results else tier_results(args.tier)
     reports_dir = Path(args.reports) if args.reports else REPORTS_DIR / ("" if args.tier == "toy" else args.tier)
+    anima = _load(args)
     if not args.check:
-        generate(args.model, results=results, reports_dir=reports_dir, only=args.only, force=args.force,
-                 device=args.device, progress=not args.quiet)
+        generate(results=results, reports_dir=reports_dir, only=args.only, force=args.force, anima=anima,
+                 progress=not args.quiet)
         print(f"reports written to {reports_dir} (index: {reports_dir / 'README.md'})")
         return 0
-    refresh(args.model, results=results, force=args.force, device=args.device, progress=not args.quiet)
+    refresh(results=results, force=args.force, anima=anima, progress=not args.quiet)
     failed = []
     for name, checks in check_committed(reports_dir, results, args.tier).items():
         print(f"== {reports_dir / name} vs the latest run")

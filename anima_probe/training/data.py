@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from anima_probe.errors import InputError
 from anima_probe.guidance import families
 from anima_probe.guidance.samplers import cfg_velocity, latent_shape, sample_euler, simple_sigmas
 from anima_probe.model.anima import CROSSATTN_TOKENS
@@ -67,7 +68,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
         with Image.open(path) as im:
             im = im.convert("RGB")
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
+        raise InputError(f"{path}: not a readable image ({err})") from None
     side = min(im.size)
     left, top = (im.width - side) // 2, (im.height - side) // 2
     im = im.crop((left, top, left + side, top + side))
@@ -81,7 +82,7 @@ def encode_images(anima, rows, manifest: Path, size: int, batch_size: int = 16, 
     """The caption set's images as model-space x0 (N, C, h, w) float32; rows without an image are errors."""
     missing = [r.id for r in rows if not r.image]
     if missing:
-        raise ValueError(f"{manifest}: data 'images' needs an image per row; row {missing[0]!r} has none "
+        raise InputError(f"{manifest}: data 'images' needs an image per row; row {missing[0]!r} has none "
                          f"({len(missing)} rows without); use data 'teacher' to generate x0 instead")
     paths = [Path(r.image) if Path(r.image).is_absolute() else manifest.parent / r.image for r in rows]
     out = []
@@ -143,7 +144,7 @@ def prepare_data(anima, cfg, manifest, cache_path: Path, clip=None, progress: bo
     """Compute (or read back from ``cache_path``) the distillation data for caption set ``manifest``."""
     manifest, cache_path = Path(manifest), Path(cache_path)
     if cfg.data not in DATA_SOURCES:
-        raise ValueError(f"data must be one of {DATA_SOURCES}, got {cfg.data!r}")
+        raise InputError(f"data must be one of {DATA_SOURCES}, got {cfg.data!r}")
     families.get(cfg.family).require_clip(clip)
     key = cache_key(cfg, anima, clip, manifest)
     cached = training.load_checkpoint(cache_path)
@@ -151,7 +152,7 @@ def prepare_data(anima, cfg, manifest, cache_path: Path, clip=None, progress: bo
         return DistillData(**{k: v for k, v in cached.items() if k != "key"})
     rows = read_caption_set(manifest)
     if not 0 < cfg.val_count < len(rows):
-        raise ValueError(f"{manifest}: val_count={cfg.val_count} must leave training rows ({len(rows)} in all)")
+        raise InputError(f"{manifest}: val_count={cfg.val_count} must leave training rows ({len(rows)} in all)")
     captions = [r.caption for r in rows]
     crossattn, empty, pooled = _text(anima, captions, cfg, clip, progress)
     if cfg.data == "images":

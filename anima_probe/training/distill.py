@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from anima_probe.errors import InputError
 from anima_probe.guidance import families
 from anima_probe.guidance.families import POOLED_TEXT_PROJ
 from anima_probe.guidance.modulation import Modulation, constant, inject
@@ -71,7 +72,7 @@ class DistillConfig:
     def __post_init__(self):
         families.get(self.family)  # a registered family, or a ValueError naming the known ones
         if self.steps < 1 or self.batch_size < 1 or self.val_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("steps, batch_size, val_every and checkpoint_every must be >= 1")
+            raise InputError("steps, batch_size, val_every and checkpoint_every must be >= 1")
 
 
 class Student(torch.nn.Module):
@@ -134,7 +135,7 @@ def student_velocity(anima, student, data: DistillData, x_t, sigma, pooled) -> t
 def batch(cfg: DistillConfig, data: DistillData, step: int, rank: int, world: int, device):
     """This process's share of step ``step``'s global batch: (index (b,), sigma (b,), noise (b, C, h, w))."""
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size={cfg.batch_size} must split evenly over {world} processes")
+        raise InputError(f"batch_size={cfg.batch_size} must split evenly over {world} processes")
     g = training.step_generator(cfg.seed, step)  # drawn on the CPU: the same numbers on every device
     idx = torch.randint(0, data.n_train, (cfg.batch_size,), generator=g)
     sigma = logit_normal_sigmas(cfg.batch_size, g, cfg.sigma_mean, cfg.sigma_std, cfg.sigma_shift)
@@ -249,7 +250,7 @@ def _setup(cfg: DistillConfig, out: Path, captions, anima, clip, accelerator, pr
     ckpt_path, start = out / "checkpoint" / "checkpoint.pt", 0
     if (state := training.load_checkpoint(ckpt_path)) is not None:
         if state["config"] != _config_state(cfg):
-            raise ValueError(f"{ckpt_path}: written for another config; use a new output folder or the same config")
+            raise InputError(f"{ckpt_path}: written for another config; use a new output folder or the same config")
         source.load_state_dict(state["source"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from anima_probe.errors import RunFailed
 from anima_probe.pipeline.atomic import atomic_path, atomic_write_text
 
 
@@ -75,7 +76,7 @@ class CSVLog:
             return list(csv.DictReader(f))
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(RunFailed):
     """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
 
 

@@ -272,7 +272,7 @@ def test_cli_stops_on_a_nan_with_a_clear_message(tiny_dir, tmp_path, capsys):
             "--quiet"]
     assert main(args) == 1  # the first update (AdamW: ~lr per weight) overflows the student's output
     err = capsys.readouterr().err
-    assert re.search(r"anima-probe distill: loss is (nan|inf) at step 1; stopped without saving", err)
+    assert re.search(r"anima-probe distill: error: loss is (nan|inf) at step 1; stopped without saving", err)
     assert not (tmp_path / "pooled_text_proj.safetensors").exists()
 
 
