@@ -13,7 +13,7 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub: every file is local
 
-from anima_probe.cli import commands  # noqa: E402
+from anima_probe.cli import checks, commands  # noqa: E402
 from anima_probe.errors import AnimaProbeError  # noqa: E402
 from anima_probe.model.options import DTYPES, model_parent, torch_dtype  # noqa: E402
 from anima_probe.pipeline import gate, report  # noqa: E402  (light modules: argument definitions of report / regress)
@@ -83,6 +83,9 @@ def _add_model_verbs(sub, parents) -> None:
     p.add_argument("--out", required=True, help="run folder: rerunning with the same folder resumes")
     p.add_argument("--clip", default=None, help="CLIP-L text model file or folder (family cosmos)")
     p.add_argument("--clip-tokenizer", default=None, help="CLIP tokenizer folder (default: found next to --clip)")
+    p.add_argument("--long-captions", default="refuse", choices=["refuse", "truncate"],
+                   help="a caption over the encoder's 512 tokens: refuse the set naming the row (default), or "
+                   "truncate it to its first 512 tokens as the published trainers do")
     p.set_defaults(fn=commands.distill)
     p = sub.add_parser("report", parents=parents, help="rerun stale experiments, execute notebooks -> reports")
     report.add_arguments(p)
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "experiment", None) == "all" and args.overrides:
         parser.error("overrides apply to one experiment; run them one at a time")
     try:
+        if "dtype" in args:  # a verb that loads a model: caches and file-hash memos are read and written
+            checks.usable_cache()
         return args.fn(args)
     except AnimaProbeError as err:  # the user's to fix: one line; anything else is a bug and keeps its traceback
         print(f"anima-probe {args.command}: error: {err}", file=sys.stderr)

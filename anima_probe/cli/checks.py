@@ -7,10 +7,13 @@ nearest existing ancestor, because permission bits say nothing on a read-only mo
 
 from __future__ import annotations
 
+import atexit
 import math
+import os
 import re
+import shutil
+import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 from anima_probe.errors import UsageError
@@ -34,14 +37,20 @@ def writable_folder(path: str | Path, flag: str) -> Path:
     return path
 
 
-def usable_cache(path: Path) -> Path | None:
-    """The cache folder, or None (with one warning) when it cannot be written: a run goes on without a cache."""
+def usable_cache() -> None:
+    """Keep the cache folder if it can be written; else one warning and a scratch cache for this process only
+    (removed at exit), so the run goes on without reading or keeping a cache instead of crashing in the middle."""
+    from anima_probe.pipeline.cache import default_cache_dir
+
+    folder = default_cache_dir()
     try:
-        return writable_folder(path, "cache folder")
+        writable_folder(folder, "cache folder")
     except UsageError as err:
-        warnings.warn(f"{err}; running without the cache (set $ANIMA_PROBE_CACHE to a writable folder)",
-                      stacklevel=2)
-        return None
+        scratch = tempfile.mkdtemp(prefix="anima-probe-cache-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        os.environ["ANIMA_PROBE_CACHE"] = scratch
+        print(f"anima-probe: warning: {err}; running without the cache (set $ANIMA_PROBE_CACHE to a writable "
+              "folder to keep one)", file=sys.stderr)
 
 
 def finite(flag: str, text: str, *, low: float | None = None, high: float | None = None) -> float:

@@ -169,7 +169,8 @@ def distill(args) -> int:
         raise UsageError(f"--device {args.device}: accelerate chose {accelerator.device}")
     anima = load_anima(**(model_kwargs(args) | {"device": accelerator.device}), with_vae=cfg.data == "images")
     clip = load_clip(args.clip, args.clip_tokenizer, device=accelerator.device) if args.clip else None
-    path = distill(cfg, args.out, args.captions, anima, clip, accelerator, progress=not args.quiet)
+    path = distill(cfg, args.out, args.captions, anima, clip, accelerator, progress=not args.quiet,
+                   long_captions=args.long_captions)
     if accelerator.is_main_process:
         print(f"{cfg.family}: {path}  (loss curve, validation and checkpoint in {args.out})", file=sys.stdout)
     return 0

@@ -184,11 +184,11 @@ def load_dit_file(path: Path, device="cpu", dtype=torch.float32):
     # The adapter is split off first: diffusers' Cosmos converter does plain substring replacements that would
     # mangle adapter keys (e.g. "q_proj" -> "to_q").
     adapter = build_adapter(ad_c)
-    ad_sd = load_tensors(path, {prefix + ckpt.ADAPTER_PREFIX + k: k for k in ad_shapes}, dtype, device)
+    ad_sd = load_tensors(path, {prefix + ckpt.ADAPTER_PREFIX + k: k for k in ad_shapes}, dtype, device, weights=True)
     adapter.load_state_dict(ad_sd, strict=True, assign=True)
     del ad_sd
     transformer = build_transformer(dit_c)
-    dit_sd = load_tensors(path, {prefix + k: k for k in dit_shapes}, dtype, device)
+    dit_sd = load_tensors(path, {prefix + k: k for k in dit_shapes}, dtype, device, weights=True)
     dit_sd = convert_cosmos_transformer_checkpoint_to_diffusers(dit_sd)
     transformer.load_state_dict(dit_sd, strict=True, assign=True)
     return _freeze(transformer), _freeze(adapter), dit_c
@@ -231,7 +231,7 @@ def qwen3_config(shapes: dict[str, tuple[int, ...]], path) -> Qwen3Config:
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=required_shape(shapes, "layers.0.mlp.gate_proj.weight", path)[0],
-        num_hidden_layers=count_indexed(shapes, r"layers\.(\d+)\."),
+        num_hidden_layers=count_indexed(shapes, r"layers\.(\d+)\.mlp\.gate_proj\.weight$"),
         num_attention_heads=required_shape(shapes, "layers.0.self_attn.q_proj.weight", path)[0] // head_dim,
         num_key_value_heads=required_shape(shapes, "layers.0.self_attn.k_proj.weight", path)[0] // head_dim,
         head_dim=head_dim,
@@ -256,7 +256,7 @@ def load_qwen3_file(path: Path, device="cpu", dtype=torch.float32) -> Qwen3Model
     found = {k: s for k, s in bare.items()}
     found.update({k: s for k, s in shapes.items() if not k.startswith(prefix) and k != "lm_head.weight"})
     check_layout(found, expected, path, fmt, prefix)
-    sd = load_tensors(path, {prefix + k: k for k in expected}, dtype, device)
+    sd = load_tensors(path, {prefix + k: k for k in expected}, dtype, device, weights=True)
     model.load_state_dict(sd, strict=True, assign=True)
     return _freeze(model)
 
@@ -348,11 +348,25 @@ def load_anima(model: str | Path | None = None, *, device: str | torch.device = 
     if with_text:
         qtok, ttok = load_tokenizers(files.qwen_tokenizer, files.t5_tokenizer)
     vae = load_vae(files.vae, device=device, dtype=dtype) if with_vae and files.vae is not None else None
+    _check_agreement(files, dit_c, adapter, text_encoder, vae)
     roles = {"dit": files.dit, "text_encoder": files.text_encoder, "vae": files.vae if vae is not None else None,
              "qwen_tokenizer": files.qwen_tokenizer, "t5_tokenizer": files.t5_tokenizer}
     return Anima(transformer=transformer, adapter=adapter, dit_config=dit_c, text_encoder=text_encoder,
                  qwen_tokenizer=qtok, t5_tokenizer=ttok, vae=vae, files={k: v for k, v in roles.items() if v},
                  name=_model_name(root, files))
+
+
+def _check_agreement(files: ModelFiles, dit_c: DiTConfig, adapter, text_encoder, vae) -> None:
+    """The files come from one model: each loads on its own, but a text encoder of another width (or a VAE with
+    other latent channels) would only fail as a matrix-shape error deep inside the first forward."""
+    width, reads = (text_encoder.config.hidden_size, adapter.config.source_dim) if text_encoder is not None else (0, 0)
+    if width != reads:
+        raise InputError(f"{files.text_encoder}: the text encoder's width is {width}, but the LLM adapter in "
+                         f"{files.dit} reads {reads}: the two files are from different models")
+    channels = vae.config.z_dim if vae is not None else dit_c.in_channels
+    if channels != dit_c.in_channels:
+        raise InputError(f"{files.vae}: the VAE's latents have {channels} channels, but the DiT in {files.dit} "
+                         f"samples {dit_c.in_channels}: the two files are from different models")
 
 
 def _model_name(root: Path, files: ModelFiles) -> str:

@@ -133,7 +133,7 @@ def load_clip_file(path, tokenizer, device="cpu", dtype=torch.float32) -> CLIPTe
         model = CLIPTextModel(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_layout(bare, expected, path, "CLIP text single file", inner)
-    state = load_tensors(path, {inner + k: k for k in expected}, dtype, device)
+    state = load_tensors(path, {inner + k: k for k in expected}, dtype, device, weights=True)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 

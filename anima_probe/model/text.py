@@ -46,6 +46,13 @@ class TextConditioning:
         return TextConditioning(*(torch.cat(ts) for ts in zip(*(p.astuple() for p in parts))))
 
 
+def token_counts(anima: Anima, prompts: list[str]) -> list[int]:
+    """Per prompt, the longer of its Qwen and T5 token counts: above `CROSSATTN_TOKENS` it is truncated."""
+    qwen = tokenize_qwen(anima.qwen_tokenizer, prompts)
+    t5 = tokenize_t5(anima.t5_tokenizer, prompts)
+    return [max(len(q), len(t)) for q, t in zip(qwen, t5)]
+
+
 def _fit(ids: list[int], limit: int, what: str, prompt: str) -> list[int]:
     if len(ids) > limit:
         # The trainers truncate to 512; ComfyUI would not, but the DiT's context is 512 rows either way.

@@ -245,7 +245,7 @@ def load_vae(
         raise ModelFileError(f"{path} ({fmt}): two file keys map to one model key")
     check_layout(renamed, model_shapes, path, fmt, to_file)
     # One tensor at a time: a bf16 file cast to fp32 frees each bf16 tensor right after its copy.
-    state = load_tensors(weights, {k: to_model(k) for k in shapes}, dtype, device)
+    state = load_tensors(weights, {k: to_model(k) for k in shapes}, dtype, device, weights=True)
     model.load_state_dict(state, strict=True, assign=True)
     _check_materialised(model, path)
     return model.eval().requires_grad_(False)

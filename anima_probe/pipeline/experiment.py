@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import inspect
 import random
+import re
 import sys
 import types
 import typing
@@ -152,6 +153,11 @@ def apply_overrides(config: Any, overrides: list[str] | dict[str, Any]) -> Any:
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise UnknownNameError(f"unknown config key {key!r} for {type(config).__name__}{hint} Keys: {sorted(hints)}")
         changes[key] = _parse(value, hints[key], key) if isinstance(value, str) else value
+        if key.endswith("_regex"):  # the convention for a regex field: compiled here, before any work
+            try:
+                re.compile(changes[key])
+            except re.error as err:
+                raise UsageError(f"override {key}={changes[key]!r}: not a regular expression ({err})") from None
     try:
         return dataclasses.replace(config, **changes)
     except ValueError as err:  # the config's own validation (__post_init__): the user's values

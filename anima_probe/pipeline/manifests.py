@@ -16,7 +16,7 @@ import json
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class CaptionRow:
     artist: str
     image: str | None = None
     tags: tuple[str, ...] = ()
+    line: int = field(default=0, compare=False)  # where it was read from (file line), so errors can name it
 
 
 def split_tags(text: str) -> tuple[str, ...]:
@@ -110,10 +111,27 @@ def random_tag_pairs(pool: list[str], n: int, seed: int = 0) -> list[tuple[str, 
 # ---------------------------------------------------------------- caption sets: reading
 
 
+def read_utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are one error naming the file, line and byte offset (a BOM, as
+    Excel writes it, is dropped)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte offset {err.start}: "
+                         f"{data[err.start : err.start + 4]!r}); save the file as UTF-8") from None
+
+
 def _raw_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row dict) pairs from a CSV (header on line 1) or JSONL file."""
+    if path.suffix not in (".csv", ".jsonl"):
+        raise InputError(f"{path}: caption sets must be .csv or .jsonl, got {path.suffix!r}")
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such caption set")
+    text = read_utf8(path)
     if path.suffix == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as fh:  # -sig: Excel writes a BOM
+        with io.StringIO(text, newline="") as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -124,23 +142,21 @@ def _raw_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                     raise InputError(f"{path}:{reader.line_num}: more cells than header columns")
                 rows.append((reader.line_num, row))
             return rows
-    if path.suffix == ".jsonl":
-        rows = []
-        for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{line}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{line}: each line must be a JSON object")
-            rows.append((line, row))
-        return rows
-    raise InputError(f"{path}: caption sets must be .csv or .jsonl, got {path.suffix!r}")
+    rows = []
+    for line, item in enumerate(text.splitlines(), start=1):
+        if not item.strip():
+            continue
+        try:
+            row = json.loads(item)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{line}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{line}: each line must be a JSON object")
+        rows.append((line, row))
+    return rows
 
 
-def _parse_row(row: dict[str, Any], where: str) -> CaptionRow:
+def _parse_row(row: dict[str, Any], where: str, line: int) -> CaptionRow:
     values = {}
     for column in REQUIRED_COLUMNS:
         if column not in row or row[column] is None:
@@ -154,7 +170,7 @@ def _parse_row(row: dict[str, Any], where: str) -> CaptionRow:
         tags = split_tags(tags)
     elif not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
         raise InputError(f"{where}: tags must be a comma-separated string or a list of strings")
-    return CaptionRow(**values, image=image, tags=tuple(tags))
+    return CaptionRow(**values, image=image, tags=tuple(tags), line=line)
 
 
 def read_caption_set(path: str | Path) -> list[CaptionRow]:
@@ -163,7 +179,7 @@ def read_caption_set(path: str | Path) -> list[CaptionRow]:
     path = Path(path)
     rows, first_line = [], {}
     for line, raw in _raw_rows(path):
-        row = _parse_row(raw, f"{path}:{line}")
+        row = _parse_row(raw, f"{path}:{line}", line)
         if row.id in first_line:
             raise InputError(f"{path}:{line}: duplicate id {row.id!r} (first on line {first_line[row.id]})")
         first_line[row.id] = line

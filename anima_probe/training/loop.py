@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from anima_probe.errors import RunFailed
+from anima_probe.errors import InputError, RunFailed
 from anima_probe.pipeline.atomic import atomic_path, atomic_write_text
 
 
@@ -49,7 +49,12 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict | None:
     path = Path(path)
     if not path.is_file():
         return None
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle refused by weights_only, a truncated file, ...: torch names neither file nor fix
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not a checkpoint this suite wrote ({reason[:160]}); move it away or use a new "
+                         "output folder") from None
 
 
 class CSVLog:
