@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from anima_probe.cli import checks
-from anima_probe.errors import InputError, UsageError
+from anima_probe.errors import UsageError
 from anima_probe.model.options import check_device, model_kwargs
 
 
@@ -23,14 +23,12 @@ def tiny(args) -> int:
     return 0
 
 
-def _image_model(args):
+def _image_model(args, why: str):
     """The model with its VAE, refused (one line) when it can make no RGB images: a latent DiT without a VAE."""
-    from anima_probe.model.anima import load_anima
+    from anima_probe.model.anima import load_anima, require_images
 
     anima = load_anima(**model_kwargs(args), with_vae=True)
-    if anima.vae is None and anima.dit_config.in_channels != 3:
-        raise InputError(f"--model {args.model}: the DiT samples {anima.dit_config.in_channels}-channel latents and "
-                         "no VAE was found (a vae/ folder or --vae FILE): it cannot make images")
+    require_images(anima, why)
     return anima
 
 
@@ -49,7 +47,7 @@ def demo(args) -> int:
     checks.at_least("--steps", args.steps, 1), checks.at_least("--size", args.size, 8)
     checks.finite("--cfg", str(args.cfg), low=0.0)
     checks.writable_folder(args.out or args.results, "--out" if args.out else "--results")
-    anima = _image_model(args)
+    anima = _image_model(args, "demo draws images")
     tc = encode_prompts(anima, prompts + [""])
     cond, uncond = tc.crossattn_emb[:-1], tc.crossattn_emb[-1:].expand(len(prompts), -1, -1)
     x = initial_noise(anima, len(prompts), args.size, args.seed)
@@ -97,7 +95,7 @@ def sample(args) -> int:
     checks.at_least("--steps", args.steps, 1), checks.at_least("--size", args.size, 8)
     checks.writable_folder(args.out, "--out")
     schedule = Schedule.parse(args.schedule)
-    anima = _image_model(args)
+    anima = _image_model(args, "sample draws images")
     source = families.load_source(args.proj, anima)
     family, prompts = families.family_of(source), [p.strip() for p in args.prompts.split("|")]
     guidance = gs.Guidance(0.0, schedule, args.final_w, None if args.rows == "auto" else args.rows)
@@ -128,8 +126,7 @@ def list_experiments(args) -> int:
 
 
 def run(args) -> int:
-    from anima_probe.model.anima import load_anima
-    from anima_probe.pipeline.experiment import apply_overrides, discover, get
+    from anima_probe.pipeline.experiment import apply_overrides, discover, get, load_for
     from anima_probe.pipeline.experiment import run as run_experiment
     from anima_probe.pipeline.runs import read_run
 
@@ -138,7 +135,7 @@ def run(args) -> int:
     if args.experiment != "all":
         apply_overrides(registry[names[0]].config(), args.overrides)  # a bad override: before the model loads
     checks.writable_folder(args.results, "--results")
-    anima = load_anima(**model_kwargs(args), with_vae=False)
+    anima = load_for([registry[n] for n in names], **model_kwargs(args))
     for name in names:
         overrides = args.overrides if args.experiment != "all" else []
         run_dir = run_experiment(name, overrides, anima=anima, results=args.results, progress=not args.quiet,

@@ -356,6 +356,13 @@ def load_anima(model: str | Path | None = None, *, device: str | torch.device = 
                  name=_model_name(root, files))
 
 
+def require_images(anima: Anima, why: str) -> None:
+    """A latent DiT without a VAE cannot make RGB images: one error naming why they were wanted."""
+    if anima.vae is None and anima.dit_config.in_channels != 3:
+        raise InputError(f"{why}, but the DiT in {anima.files['dit']} samples {anima.dit_config.in_channels}-channel "
+                         "latents and no VAE was found (a vae/ folder beside it, or --vae FILE)")
+
+
 def _check_agreement(files: ModelFiles, dit_c: DiTConfig, adapter, text_encoder, vae) -> None:
     """The files come from one model: each loads on its own, but a text encoder of another width (or a VAE with
     other latent channels) would only fail as a matrix-shape error deep inside the first forward."""

@@ -91,9 +91,10 @@ def check_dtypes(header: Mapping, path, keys) -> None:
 
 
 def all_finite(t: torch.Tensor) -> bool:
-    """No NaN or inf in `t`. One float32 sum first: NaN and inf propagate through it, so a finite sum proves the
-    tensor finite at the cost of one reduction; only a non-finite sum (or an overflow) pays for the exact check."""
-    return bool(torch.isfinite(t.sum(dtype=torch.float32))) or bool(torch.isfinite(t).all())
+    """No NaN or inf in `t`. One sum first: NaN and inf propagate through it, so a finite sum proves the tensor
+    finite at the cost of one reduction in the tensor's own dtype (measured ~0.1x a copy of it; asking for a float32
+    result instead made bf16 24x slower); only a non-finite sum (or an overflow) pays for the exact check."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 def load_tensors(path: str | Path, keys: Mapping[str, str] | None = None, dtype: torch.dtype | None = None,

@@ -90,6 +90,24 @@ class Experiment:
     config: type  # a frozen dataclass whose fields all have defaults
     fn: Callable[[Context, Any], Result]
     needs_dit: bool = True  # False: text-only, the DiT blocks are never run
+    needs_images: bool = False  # True: decodes or scores RGB images, so a latent-space model is loaded with its VAE
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """What `load_for` loads for it: the text encoder always, the DiT, the VAE (where the model has one)."""
+        return ("text_encoder", *(("dit",) if self.needs_dit else ()), *(("vae",) if self.needs_images else ()))
+
+
+def load_for(experiments: list[Experiment], model: str | Path | None = None, **kwargs):
+    """The one loader of the runs: the model with what `experiments` declare they need (the VAE only when one of
+    them makes images, and then a latent DiT without a VAE is an error naming them, before any of them runs)."""
+    from anima_probe.model.anima import load_anima, require_images
+
+    imaging = [e.name for e in experiments if e.needs_images]
+    anima = load_anima(model, with_vae=bool(imaging), **kwargs)
+    if imaging:
+        require_images(anima, f"{', '.join(imaging)} make(s) RGB images")
+    return anima
 
 
 def discover(folder: str | Path = EXPERIMENTS_DIR) -> dict[str, Experiment]:
@@ -192,14 +210,13 @@ def run(name: str, overrides: list[str] | dict | None = None, *, anima=None, mod
         device: str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
         registry: dict[str, Experiment] | None = None, source_root: str | Path = REPO_ROOT) -> Path:
     """Run one experiment and write its numbered run folder (stamped with its source, see freshness); returns it."""
-    from anima_probe.model.anima import load_anima
     from anima_probe.pipeline.cache import default_cache_dir
 
     exp = get(name, registry)
     source = source_fingerprint(exp, source_root)  # taken before the run: a file edited while it runs is not its source
     config = apply_overrides(exp.config(), overrides or [])
     if anima is None:
-        anima = load_anima(model, device=device, dtype=dtype, with_vae=False, **(files or {}))
+        anima = load_for([exp], model, device=device, dtype=dtype, **(files or {}))
     seed_everything(getattr(config, "seed", 0))
     ctx = Context(anima, Path(cache_dir) if cache_dir else default_cache_dir(), progress)
     result = exp.fn(ctx, config)

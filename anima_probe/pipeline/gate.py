@@ -195,12 +195,12 @@ def cli(args: argparse.Namespace, root: str | Path = REPO_ROOT, registry: dict |
     results = Path(args.results) if args.results else tier_results(args.tier)
     names = args.experiments or tier_names(args.tier, root, registry)
     if args.measure:
-        from anima_probe.model.anima import load_anima
         from anima_probe.model.options import model_kwargs
+        from anima_probe.pipeline.experiment import load_for
 
         if args.tier != "toy" and args.model is None:
             raise UsageError(f"--tier {args.tier} --measure needs --model DIR (the weights the tier is for)")
-        anima = load_anima(**model_kwargs(args), with_vae=False)
+        anima = load_for([registry[n] for n in names if n in registry], **model_kwargs(args))
         for name in names:
             print(f"wrote {measure_tolerances(name, args.tier, results, anima=anima, registry=registry, root=root)}")
         return 0

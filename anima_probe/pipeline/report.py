@@ -29,15 +29,14 @@ def refresh(model: str | Path | None = None, *, results: str | Path = "results",
     The model is loaded only when `anima` is not given, from `model` (default: the toy world)."""
     import torch
 
-    from anima_probe.model.anima import load_anima
-    from anima_probe.pipeline.experiment import discover, ensure_fresh
+    from anima_probe.pipeline.experiment import discover, ensure_fresh, load_for
 
     registry = discover() if registry is None else registry
     names = sorted(registry) if names is None else names
     if not names:
         return {}
     if anima is None:
-        anima = load_anima(model, device=device, dtype=dtype or torch.float32, with_vae=False)
+        anima = load_for([registry[n] for n in names], model, device=device, dtype=dtype or torch.float32)
     return ensure_fresh(names, registry, anima, results, force=force, progress=progress, log=log)
 
 
@@ -84,11 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    """The model named by the shared model options (device checked first)."""
-    from anima_probe.model.anima import load_anima
+    """The model named by the shared model options (device checked first), with what the experiments need."""
     from anima_probe.model.options import model_kwargs
+    from anima_probe.pipeline.experiment import discover, load_for
 
-    return load_anima(**model_kwargs(args), with_vae=False)
+    return load_for(list(discover().values()), **model_kwargs(args))
 
 
 def cli(args: argparse.Namespace) -> int:

@@ -23,8 +23,8 @@ def captions(tmp_path):
 
 @pytest.fixture
 def proj(tiny_anima, tmp_path):
-    width = tiny_anima.transformer.config.num_attention_heads * tiny_anima.transformer.config.attention_head_dim
-    return save_pooled_text_proj(PooledTextProjection(tiny_anima.dit_config.text_dim, width), tmp_path / "p.safetensors")
+    c = tiny_anima.dit_config
+    return save_pooled_text_proj(PooledTextProjection(c.hidden, c.text_dim), tmp_path / "p.safetensors")
 
 
 def test_distill_on_a_device_that_does_not_exist(fails, twin, captions, tmp_path):

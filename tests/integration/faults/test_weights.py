@@ -98,4 +98,5 @@ def test_demo_on_a_latent_model_without_a_vae(fails, twin, workdir):
         f.unlink()
     (twin / "vae").rmdir()
     err = fails(["demo", "--model", twin])
-    assert "the DiT samples 16-channel latents and no VAE was found" in err and tree(workdir) == set()
+    assert err.startswith("anima-probe demo: error: demo draws images, but the DiT in ")
+    assert "samples 16-channel latents and no VAE was found" in err and tree(workdir) == set()
