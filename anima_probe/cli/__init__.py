@@ -102,7 +102,10 @@ def build_parser() -> Parser:
     quiet.add_argument("--quiet", action="store_true", help="no progress bars")
     p = sub.add_parser("tiny", help="write a tiny Anima model folder in the real file formats")
     p.add_argument("out_dir")
-    p.add_argument("--prefix", default="net.", choices=["net.", "model.diffusion_model.", "none"])
+    p.add_argument("--layout", default="single-file", choices=["single-file", "diffusers", "comfyui"],
+                   help="single files (model folder), the diffusers folder, or a ComfyUI install (models/)")
+    p.add_argument("--prefix", default="net.", choices=["net.", "model.diffusion_model.", "none"],
+                   help="the DiT file's key prefix (single-file and comfyui layouts)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=commands.tiny)
     p = sub.add_parser("train-toy", help="train the tiny toy-world Anima from scratch (resumable)")

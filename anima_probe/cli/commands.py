@@ -16,10 +16,10 @@ from anima_probe.model.options import check_device, model_kwargs
 
 
 def tiny(args) -> int:
-    from anima_probe.model.tiny import write_tiny
+    from anima_probe.model.tiny import write_tiny_layout
 
-    out = write_tiny(Path(args.out_dir), prefix=args.prefix, seed=args.seed)
-    print(f"wrote tiny Anima twin to {out}")
+    out = write_tiny_layout(Path(args.out_dir), args.layout, prefix=args.prefix, seed=args.seed)
+    print(f"wrote tiny Anima twin ({args.layout} layout) to {out}")
     return 0
 
 
