@@ -25,23 +25,37 @@ PEAK_GOAL = 1.3  # peak RSS of the loading process / file size
 SCAN_GOAL = 1.10  # issue 16: refusing NaN / inf weights adds at most 10 % to loading
 
 
-def _child_load(path: str, reps: int = 3) -> None:
-    """Load the file `reps` times; each time also time the non-finite scan alone over the same tensors, so the
-    scan's share of a load is a ratio measured within one load (both on the same warm page cache)."""
+def _child_load(path: str, scan: bool) -> None:
+    """Load the file once, with or without the non-finite scan (turned off here only, to measure what it costs)."""
+    from anima_probe.model import files
     from anima_probe.model.anima import load_dit_file
-    from anima_probe.model.files import all_finite
 
-    loads, shares = [], []
-    for _ in range(reps):
-        took, (transformer, adapter, _c) = timed(lambda: load_dit_file(Path(path), dtype=torch.bfloat16))
-        tensors = [*transformer.state_dict().values(), *adapter.state_dict().values()]
-        scan, _ = timed(lambda: all(all_finite(t) for t in tensors))  # noqa: B023 (used at once)
-        loads.append(took.wall)
-        shares.append(took.wall / max(took.wall - scan.wall, 1e-9))
-        transformer = adapter = tensors = None  # freed before the next load: the peak stays one copy
+    if not scan:
+        files.all_finite = lambda t: True
+    took, _ = timed(lambda: load_dit_file(Path(path), dtype=torch.bfloat16))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(json.dumps({"seconds": statistics.median(loads), "peak_rss": peak,
-                      "scan_ratio": statistics.median(shares)}))
+    print(json.dumps({"seconds": took.wall, "peak_rss": peak}))
+
+
+def _child(path: Path, scan: bool) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", str(path), str(int(scan))], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _load_in_children(path: Path, pairs: int = 3) -> dict:
+    """`pairs` loads with the scan and without, each in a fresh process (peak RSS is per process), the two
+    orders alternating; the scan's cost is the median of the paired ratios."""
+    with_scan, ratios = [], []
+    for i in range(pairs):
+        if i % 2 == 0:
+            a, b = _child(path, True), _child(path, False)
+        else:
+            b, a = _child(path, False), _child(path, True)
+        with_scan.append(a)
+        ratios.append(a["seconds"] / b["seconds"])
+    return {"seconds": statistics.median(r["seconds"] for r in with_scan),
+            "peak_rss": statistics.median(r["peak_rss"] for r in with_scan), "scan_ratio": statistics.median(ratios)}
 
 
 def write_full_size(path: Path) -> int:
@@ -94,8 +108,9 @@ def to_record(size: int, load: dict, forwards: dict[str, tuple[int, dict]], mach
                for name, (_, t) in forwards.items()]
     notes = ["The file is read just after it was written, so it is in the page cache: the load time excludes disk "
              "reads. Tensors are read one at a time into a meta-built model (`assign=True`): no second copy is held.",
-             "Every load scans each tensor for NaN / inf (one float32 sum per tensor). The scan's ratio is "
-             "load / (load - the same scan timed alone over the loaded tensors), the median of 3 loads in one process."]
+             "Every load scans each tensor for NaN / inf (one sum per tensor). Its cost: loads with and without the "
+             "scan, each in a fresh process, 3 pairs in alternating order, median of the paired ratios; the load "
+             "figures above are the medians of the loads with the scan."]
     return rec.BenchmarkRecord("loading", "Loading the DiT file and the DiT forward in fp32 vs bf16", COMMAND, machine,
                            [loading, forward], ratios, notes, **provenance)
 
@@ -111,8 +126,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "anima-full-synthetic.safetensors"
         size = write_full_size(path)
-        load = json.loads(subprocess.run([sys.executable, __file__, "--child", str(path)], check=True,
-                                         capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        load = _load_in_children(path)
     full2 = replace(ANIMA_DIT, num_blocks=2)
     forwards = {"tiny twin (64 wide, 2 blocks)": (64, forward_times(TINY_DIT, 16)),
                 "full width (2048, 16 heads), 2 blocks": (256, forward_times(full2, 32))}
@@ -122,7 +136,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        _child_load(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        _child_load(sys.argv[2], scan=sys.argv[3] == "1")
     else:
         main()
