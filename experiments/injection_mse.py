@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from anima_probe.errors import InputError, UnknownNameError
 from anima_probe.guidance.sources import load_pooled_text_proj
 from anima_probe.model.flow import add_noise
 from anima_probe.model.text import encode_prompts
@@ -58,7 +59,7 @@ def _inputs(ctx: Context, config: InjectionConfig):
     prompts = [row["prompt"] for row in sets["content_types"][: config.n_prompts]]
     pooled_all = EmbeddingCache(ctx.cache_dir, anima).pooled(prompts, progress=ctx.progress)
     if config.pooling not in pooled_all:
-        raise KeyError(f"pooling={config.pooling!r} is not a cache key; known: {sorted(pooled_all)}")
+        raise UnknownNameError(f"pooling={config.pooling!r} is not a cache key; known: {sorted(pooled_all)}")
     n = config.noise_seeds
     pooled = pooled_all[config.pooling].repeat_interleave(n, 0)  # (B, Dt), prompt-major rows
     emb = encode_prompts(anima, prompts, progress=False).crossattn_emb.repeat_interleave(n, 0)  # (B, 512, Dt)
@@ -79,7 +80,7 @@ def _vectors(anima, config: InjectionConfig, pooled: torch.Tensor, act_rms: dict
     if config.projection:
         proj = load_pooled_text_proj(config.projection, model_channels=d)
         if proj.text_dim != pooled.shape[1]:
-            raise ValueError(f"{config.projection}: text_dim {proj.text_dim} but {config.pooling} is {pooled.shape[1]}")
+            raise InputError(f"{config.projection}: text_dim {proj.text_dim} but {config.pooling} is {pooled.shape[1]}")
         with torch.no_grad():
             trained = proj(pooled, sigma_flat=True).float()  # (B, D)
         for way in out.values():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from anima_probe.errors import InputError, UsageError
 from anima_probe.pipeline.cache import SOURCES
 from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.manifests import read_caption_set, repo_path
@@ -40,14 +41,14 @@ def fn(ctx: Context, config: PoolingNMIConfig) -> Result:
     rows = read_caption_set(repo_path(config.manifest))
     labels = [r.artist for r in rows]
     if len(set(labels)) < 2:
-        raise ValueError(f"{config.manifest}: clustering needs at least 2 artists, found {sorted(set(labels))}")
+        raise InputError(f"{config.manifest}: clustering needs at least 2 artists, found {sorted(set(labels))}")
     check = check_prompt_set(ctx.anima, [(f"{config.manifest}: id {r.id}", r.caption) for r in rows],
                              f"Caption set {config.manifest}")
     variants = {"with_tag": [r.caption for r in rows]}
     if config.ablation:
         variants["no_tag"] = [strip_tags(r.caption, config.artist_tag_regex) for r in rows]
         if variants["no_tag"] == variants["with_tag"]:
-            raise ValueError(f"artist_tag_regex {config.artist_tag_regex!r} matches no tag in {config.manifest}; "
+            raise UsageError(f"artist_tag_regex {config.artist_tag_regex!r} matches no tag in {config.manifest}; "
                              "set it to your artist tags or pass ablation=false")
     table = pooled_table(ctx, [c for captions in variants.values() for c in captions])
     score = ctx.memoized(score_clustering)  # a warm rerun skips the KMeans fits, the bulk of this experiment's time

@@ -140,4 +140,5 @@ EXPERIMENT = Experiment(
     "p+ quality prefix beat p-?",
     config=ToyworldEvidenceConfig,
     fn=evidence,
+    needs_images=True,
 )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from anima_probe.errors import InputError
 from anima_probe.model.tokenization import tokenize_t5
 from anima_probe.pipeline.atomic import atomic_write_json
 from anima_probe.pipeline.manifests import (
@@ -33,7 +34,7 @@ VOCAB_FILE = "training_vocab.json"
 DIT_SUBDIRS = ("diffusion_models", "split_files/diffusion_models", "models/diffusion_models")
 
 
-class UntrainedTokens(ValueError):
+class UntrainedTokens(InputError):
     """A prompt set holds tokens the model never saw in training."""
 
 
@@ -59,10 +60,10 @@ def read_training_vocabulary(path: str | Path) -> TrainingVocabulary:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     ids = data.get("t5_ids") if isinstance(data, dict) else None
     if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and i >= 0 for i in ids):
-        raise ValueError(f"{path}: 't5_ids' must be a non-empty list of token ids")
+        raise InputError(f"{path}: 't5_ids' must be a non-empty list of token ids")
     return TrainingVocabulary(frozenset(ids), str(data.get("source", "")), int(data.get("captions", 0)), path)
 
 

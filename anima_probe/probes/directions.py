@@ -26,12 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from anima_probe.errors import InputError, UnknownNameError, UsageError
 from anima_probe.pipeline.cache import SOURCES, EmbeddingCache
 from anima_probe.probes.pooling import STRATEGIES
 from anima_probe.probes.stats import Interval, as_numpy, cluster_bca, cosine_matrix, pairwise_cosines
 
 
-class DegenerateDirection(ValueError):
+class DegenerateDirection(InputError):
     """p+ and p- pool to the same vector, so their difference has no direction and no cosine."""
 
 
@@ -65,14 +66,14 @@ def check_poolings(keys: Sequence[str]) -> tuple[str, ...]:
     valid = [f"{s}/{name}" for s in SOURCES for name in STRATEGIES]
     bad = [k for k in keys if k not in valid]
     if bad or not keys:
-        raise ValueError(f"unknown pooling {bad or '(none given)'}; choose from {valid}")
+        raise UnknownNameError(f"unknown pooling {bad or '(none given)'}; choose from {valid}")
     return tuple(keys)
 
 
 def compose(template: str, tags: str, content: str) -> str:
     """One prompt from a template with ``{tags}`` and ``{content}``, e.g. "{tags}, {content}"."""
     if "{tags}" not in template or "{content}" not in template:
-        raise ValueError(f"template {template!r} must contain both {{tags}} and {{content}}")
+        raise UsageError(f"template {template!r} must contain both {{tags}} and {{content}}")
     return template.format(tags=tags, content=content)
 
 
@@ -126,9 +127,9 @@ def random_tag_sets(pool: Sequence[str], n: int, sizes: Sequence[int] = (1, 1), 
     """
     unique = sorted(set(pool))
     if n < 1 or not sizes or min(sizes) < 1:
-        raise ValueError(f"n and every size must be >= 1, got n={n}, sizes={tuple(sizes)}")
+        raise UsageError(f"n and every size must be >= 1, got n={n}, sizes={tuple(sizes)}")
     if sum(sizes) > len(unique):
-        raise ValueError(f"sides of {tuple(sizes)} distinct tags need {sum(sizes)} tags; the pool has {len(unique)}")
+        raise UsageError(f"sides of {tuple(sizes)} distinct tags need {sum(sizes)} tags; the pool has {len(unique)}")
     rng = random.Random(seed)
     bounds = np.cumsum([0, *sizes])
     draws = []

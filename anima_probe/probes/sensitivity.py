@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from anima_probe.errors import UnknownNameError
 from anima_probe.guidance.families import COSMOS
 from anima_probe.guidance.modulation import Modulation, inject
 from anima_probe.probes.hooks import add_vector, capture, patch
@@ -43,7 +44,7 @@ BLOCKS_ONLY = "adaln_lora_blocks"
 def hook_name(point: str) -> str:
     """Injection point ("after_norm") -> hook point name ("t_embedding_norm"); unknown points are errors."""
     if point not in INJECTION_POINTS:
-        raise KeyError(f"unknown injection point {point!r}; known: {sorted(INJECTION_POINTS)}")
+        raise UnknownNameError(f"unknown injection point {point!r}; known: {sorted(INJECTION_POINTS)}")
     return INJECTION_POINTS[point]
 
 
