@@ -21,13 +21,20 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from anima_probe.guidance import families
 from anima_probe.guidance.eq3 import CFGRowPolicy, row_vectors, uncond_base_prompt
 from anima_probe.guidance.families import guidance_delta
 from anima_probe.guidance.modulation import Modulation, build, inject
-from anima_probe.guidance.samplers import cfg_velocity, sample_er_sde, sample_euler, simple_sigmas
+from anima_probe.guidance.samplers import (
+    cfg_velocity,
+    initial_noise,
+    sample_er_sde,
+    sample_euler,
+    simple_sigmas,
+)
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.text import encode_prompts
 
@@ -198,3 +205,18 @@ def sample_grid(anima, gp: GuidedPrompts, ws: Sequence[float | None], cfgs: Sequ
     with torch.no_grad():
         images = anima.decode(x.flatten(0, 1))  # (R*C*B, 3, H, W)
     return images.view(len(ws), len(cfgs), len(gp), *images.shape[1:])
+
+
+@torch.no_grad()
+def sample_prompts(anima, prompts: Sequence[str], seed: int, *, steps: int = 20, cfg: float = 4.0,
+                   shift: float = 3.0, size: int = 32, negative: str = "", progress: bool = False) -> np.ndarray:
+    """Plain CFG samples of ``prompts`` (no modulation), Euler over the shift schedule, as (N, H, W, 3) in [0, 1].
+
+    One noise draw per call (``initial_noise(seed)``), so two calls with the same seed and as many prompts pair
+    row r with row r (the p+/p- pairs of toyworld-evidence, base vs adapter in the 13th-artist evaluation)."""
+    tc = encode_prompts(anima, list(prompts) + [negative])
+    cond, uncond = tc.crossattn_emb[:-1], tc.crossattn_emb[-1:].expand(len(prompts), -1, -1)  # (N, 512, Dt)
+    velocity = cfg_velocity(anima.velocity, cond, uncond, cfg)
+    x = initial_noise(anima, len(prompts), size, seed).to(anima.device, anima.dtype)  # (N, C, h, w)
+    x0 = sample_euler(velocity, x, simple_sigmas(steps, shift), disable=not progress)
+    return anima.decode(x0).float().permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)

@@ -16,6 +16,7 @@ from anima_probe.guidance.guided import (
     prepare,
     sample_cells,
     sample_guided,
+    sample_prompts,
 )
 from anima_probe.guidance.samplers import cfg_combine, initial_noise, sample_euler, simple_sigmas
 from anima_probe.guidance.schedules import Schedule
@@ -194,3 +195,23 @@ def test_cli_sample_writes_a_run_folder_with_the_resolved_settings(tiny_model_di
     assert settings["w_values"] == [None, 2.0] and settings["cfg_values"] == [1.0, 3.0]
     assert settings["schedule"] == "interval:0:0]" and len(settings["proj_sha256"]) == 64
     assert np.load(run / "images.npy").shape == (2, 2, 2, 16, 16, 3)
+
+
+def test_sample_prompts_is_cfg_euler_from_one_noise_draw_and_pairs_rows(tiny_anima):
+    """The one plain-CFG sampler of toyworld-evidence and the 13th-artist evaluation: rows of two calls with the same
+    seed share their noise, and it is Euler over cfg_combine of the two contexts."""
+    a = sample_prompts(tiny_anima, PROMPTS, seed=4, steps=3, cfg=3.0, size=16)
+    b = sample_prompts(tiny_anima, PROMPTS[:1], seed=4, steps=3, cfg=3.0, size=16)
+    assert a.shape[:3] == (2, 16, 16) and a.dtype == np.float32  # no VAE on the twin: latent channels last
+    np.testing.assert_allclose(a[:1], b, atol=1e-5)  # row 0 sees the same noise whatever follows it
+    tc = encode_prompts(tiny_anima, PROMPTS + [""])
+    cond, uncond = tc.crossattn_emb[:2], tc.crossattn_emb[2:].expand(2, -1, -1)
+
+    def velocity(x, s):
+        return cfg_combine(tiny_anima.velocity(x, s, cond), tiny_anima.velocity(x, s, uncond), 3.0)
+
+    x = initial_noise(tiny_anima, 2, 16, 4)
+    with torch.no_grad():
+        want = tiny_anima.decode(sample_euler(velocity, x, simple_sigmas(3), disable=True))
+    np.testing.assert_allclose(a, want.float().permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    assert not np.allclose(a, sample_prompts(tiny_anima, PROMPTS, seed=5, steps=3, cfg=3.0, size=16))
