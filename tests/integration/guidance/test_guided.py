@@ -20,12 +20,14 @@ from anima_probe.guidance.guided import (
 )
 from anima_probe.guidance.samplers import cfg_combine, initial_noise, sample_euler, simple_sigmas
 from anima_probe.guidance.schedules import Schedule
+from anima_probe.guidance.sigmas import karras_sigmas
 from anima_probe.guidance.sources import (
     CosmosPooledAdapter,
     PooledTextProjection,
     save_cosmos_pooled_adapter,
     save_pooled_text_proj,
 )
+from anima_probe.guidance.spectrum import SpectrumConfig
 from anima_probe.model.clip import load_clip, write_tiny_clip
 from anima_probe.model.files import ModelFileError
 from anima_probe.model.text import encode_prompts
@@ -128,6 +130,31 @@ def test_plain_cell_is_the_reference_cfg_sampler(tiny_anima, gp):
 
     want = sample_euler(reference, noise, simple_sigmas(4), disable=True)
     assert torch.allclose(sample_guided(tiny_anima, gp, None, 4.0, noise, steps=4), want, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde"])
+def test_any_sampler_schedule_and_spectrum_reach_the_guided_sampler(tiny_anima, gp, sampler):
+    noise = _noise(tiny_anima)
+
+    def reference(x, s):
+        return cfg_combine(tiny_anima.velocity(x, s, gp.cond_ctx), tiny_anima.velocity(x, s, gp.uncond_ctx), 4.0)
+
+    want = sample_euler(reference, noise, karras_sigmas(4), disable=True)
+    got = sample_guided(tiny_anima, gp, None, 4.0, noise, steps=4, schedule="karras")
+    assert torch.allclose(got, want, atol=1e-5)
+    cells = [Cell(None, 4.0), Cell(Guidance(3.0), 4.0)]
+    sde = sample_cells(tiny_anima, gp, cells, noise, steps=8, sampler=sampler, seed=3, schedule="bong_tangent")
+    alone = sample_guided(tiny_anima, gp, cells[1].guidance, 4.0, noise, steps=8, sampler=sampler, seed=3,
+                          schedule="bong_tangent")
+    assert torch.equal(sde[1], alone) and not torch.equal(sde[0], sde[1])
+    every_step_real = sample_guided(tiny_anima, gp, cells[1].guidance, 4.0, noise, steps=8, sampler=sampler, seed=3,
+                                    schedule="bong_tangent", spectrum=SpectrumConfig(warmup=8))
+    assert torch.equal(every_step_real, alone)
+    cached = sample_guided(tiny_anima, gp, cells[1].guidance, 4.0, noise, steps=8, sampler=sampler, seed=3,
+                           schedule="bong_tangent", spectrum=SpectrumConfig(warmup=5, tail=1))
+    assert not torch.equal(cached, alone) and torch.isfinite(cached).all()
+    with pytest.raises(KeyError, match="unknown sigma schedule"):
+        sample_guided(tiny_anima, gp, None, 4.0, noise, steps=4, schedule="normal")
 
 
 def test_a_cell_does_not_depend_on_its_grid_neighbours(tiny_anima, gp):
