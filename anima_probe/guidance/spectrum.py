@@ -14,7 +14,8 @@ sampler in ``samplers.SAMPLERS``; the samplers mark their steps (``hooks.sampler
 step. Modulation guidance still reaches cached steps through ``final_layer.embedded_timestep`` (the head's own
 input); its per-block edits ride on the real steps' features, as in the community node.
 
-Choices the facts sheet left open (docs/modulation-guidance.md, "Spectrum"), and what we chose:
+Choices the facts sheet left open (docs/modulation-guidance.md, "Spectrum as anima_probe builds it"), and what we
+chose:
 - "m = 3": the community code's ``cheby_degree = 3``, i.e. degree 3, four basis functions T_0..T_3.
 - "Taylor blend 0.3": in both codes that weight multiplies the *Chebyshev* forecast; the two-point extrapolation
   gets 0.7 (``cheb_weight`` below).
