@@ -26,6 +26,7 @@ from anima_probe.adapters.load import adapter_applied, adapter_kind
 from anima_probe.guidance.guided import sample_prompts
 from anima_probe.model.anima import load_anima
 from anima_probe.pipeline.atomic import atomic_write_text
+from anima_probe.pipeline.provenance import sha256_file
 from anima_probe.probes.stats import bootstrap_ci
 from anima_probe.toyworld.classifier import FactorClassifier, fit_factor_classifier
 from anima_probe.toyworld.world import ARTISTS, CONTENT_TAGS, CONTENT_TYPES, NOVEL_ARTISTS, generate
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     anima = load_anima()
     labelled = {adapter_kind(p, anima.dit_config): p for p in args.adapters}
-    metrics = evaluate(anima, labelled) | {"config": asdict(NovelArtistEvalConfig()), "files": labelled}
+    metrics = evaluate(anima, labelled) | {"config": asdict(NovelArtistEvalConfig()), "files": labelled,
+                                           "sha256": {k: sha256_file(p) for k, p in labelled.items()}}
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.out:
