@@ -122,4 +122,5 @@ EXPERIMENT = Experiment(
     "p+ quality prefix beat p-?",
     config=ToyworldEvidenceConfig,
     fn=evidence,
+    needs_images=True,
 )
