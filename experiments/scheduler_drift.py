@@ -98,5 +98,6 @@ def scheduler_drift(ctx: Context, cfg: SchedulerDriftConfig) -> Result:
 
 EXPERIMENT = Experiment(
     name="scheduler-drift", version="1", config=SchedulerDriftConfig, fn=scheduler_drift, needs_dit=True,
+    needs_images=True,
     question="Does modulation guidance drift colours more under some samplers, sigma schedules or Spectrum "
     "(users: 'colour drift with bong_tangent', 'only simple is safe')?")
