@@ -15,10 +15,8 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
-from anima_probe.model.text import encode_prompts
+from anima_probe.guidance.guided import sample_prompts
 from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.figures import new_figure
 from anima_probe.toyworld.classifier import chance_level, fit_factor_classifier
@@ -41,23 +39,6 @@ class ToyworldEvidenceConfig:
     artists: int = 12  # the first n artists (fewer: a quicker, coarser check)
     p_plus: str = P_PLUS  # the quality prefixes compared on paired samples
     p_minus: str = P_MINUS
-
-
-@torch.no_grad()
-def sample(anima, prompts: list[str], seed: int, cfg: ToyworldEvidenceConfig, progress: bool) -> np.ndarray:
-    """CFG samples as (N, H, W, 3) in [0, 1]; one noise draw per call so paired prompts share their noise."""
-    tc = encode_prompts(anima, prompts + [""])
-    cond = tc.crossattn_emb[:-1]  # (N, 512, Dt)
-    uncond = tc.crossattn_emb[-1:].expand(len(prompts), -1, -1)  # (N, 512, Dt)
-    side = cfg.size // (8 if anima.vae is not None else 1)
-    shape = (len(prompts), anima.dit_config.in_channels, side, side)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(anima.device, anima.dtype)
-
-    def velocity(x_t, s):
-        return cfg_combine(anima.velocity(x_t, s, cond), anima.velocity(x_t, s, uncond), cfg.cfg)
-
-    x0 = sample_euler(velocity, x, simple_sigmas(cfg.steps), disable=not progress)
-    return anima.decode(x0).float().permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
 
 
 def _grid_figure(samples: np.ndarray, rows: int, cols: int):
@@ -106,10 +87,11 @@ def evidence(ctx: Context, cfg: ToyworldEvidenceConfig) -> Result:
     content_clf = fit_factor_classifier(images, [w.content for w in train], seed=0)
     grid = [(a, c) for a in ARTISTS[: cfg.artists] for c in CONTENT_TYPES]
     prompts = [f"score_8, {', '.join(CONTENT_TAGS[c])}, {a}" for a, c in grid]
-    samples = sample(ctx.anima, prompts, cfg.seed, cfg, ctx.progress)
+    draw = dict(steps=cfg.steps, cfg=cfg.cfg, size=cfg.size, progress=ctx.progress)
+    samples = sample_prompts(ctx.anima, prompts, cfg.seed, **draw)
     base = [f"{', '.join(CONTENT_TAGS[c])}, {a}" for a, c in grid[:: cfg.pair_every]]
-    plus_images = sample(ctx.anima, [f"{cfg.p_plus}, {b}" for b in base], cfg.seed + 1, cfg, ctx.progress)
-    minus_images = sample(ctx.anima, [f"{cfg.p_minus}, {b}" for b in base], cfg.seed + 1, cfg, ctx.progress)
+    plus_images = sample_prompts(ctx.anima, [f"{cfg.p_plus}, {b}" for b in base], cfg.seed + 1, **draw)
+    minus_images = sample_prompts(ctx.anima, [f"{cfg.p_minus}, {b}" for b in base], cfg.seed + 1, **draw)
     plus, minus = quality_score(plus_images), quality_score(minus_images)
     gap = plus - minus
     metrics = {

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from anima_probe.adapters.load import adapter_applied, adapter_kind
-from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
+from anima_probe.guidance.guided import sample_prompts
 from anima_probe.model.anima import load_anima
-from anima_probe.model.text import encode_prompts
 from anima_probe.pipeline.atomic import atomic_write_text
 from anima_probe.pipeline.provenance import sha256_file
 from anima_probe.probes.stats import bootstrap_ci
@@ -74,25 +73,9 @@ def fit_artist_classifier(cfg: NovelArtistEvalConfig) -> tuple[FactorClassifier,
     return clf, clf.accuracy(hx, hy)
 
 
-@torch.no_grad()
-def sample(anima, prompts: list[str], seed: int, steps: int, cfg: float) -> np.ndarray:
-    """CFG samples (N, H, W, 3) in [0, 1] from one seeded noise draw."""
-    tc = encode_prompts(anima, prompts + [""])
-    cond, uncond = tc.crossattn_emb[:-1], tc.crossattn_emb[-1:].expand(len(prompts), -1, -1)  # (N, 512, D)
-    side = 32 // (8 if anima.vae is not None else 1)
-    shape = (len(prompts), anima.dit_config.in_channels, side, side)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(anima.device, anima.dtype)
-
-    def velocity(x_t, s):
-        return cfg_combine(anima.velocity(x_t, s, cond), anima.velocity(x_t, s, uncond), cfg)
-
-    x0 = sample_euler(velocity, x, simple_sigmas(steps), disable=True)
-    return anima.decode(x0).float().permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
-
-
 def _correct(anima, clf, prompts: list[str], labels: list[str], cfg: NovelArtistEvalConfig, reps: int) -> np.ndarray:
     """(P, reps) bool: sample r of prompt p shows its artist."""
-    images = sample(anima, prompts * reps, cfg.seed, cfg.steps, cfg.cfg)
+    images = sample_prompts(anima, prompts * reps, cfg.seed, steps=cfg.steps, cfg=cfg.cfg)
     hit = np.asarray(clf.predict(images)) == np.asarray(labels * reps)
     return hit.reshape(reps, len(prompts)).T
 

@@ -21,6 +21,7 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from anima_probe.errors import InputError
@@ -28,11 +29,18 @@ from anima_probe.guidance import families
 from anima_probe.guidance.eq3 import CFGRowPolicy, row_vectors, uncond_base_prompt
 from anima_probe.guidance.families import guidance_delta
 from anima_probe.guidance.modulation import Modulation, build, inject
-from anima_probe.guidance.samplers import cfg_velocity, sample_er_sde, sample_euler, simple_sigmas
+from anima_probe.guidance.samplers import (
+    SAMPLERS,
+    STOCHASTIC,
+    cfg_velocity,
+    initial_noise,
+    sample_euler,
+    simple_sigmas,
+)
 from anima_probe.guidance.schedules import Schedule
+from anima_probe.guidance.sigmas import schedule_sigmas
+from anima_probe.guidance.spectrum import Spectrum, SpectrumConfig
 from anima_probe.model.text import encode_prompts
-
-SAMPLERS = ("euler", "er_sde")
 
 
 # ------------------------------------------------------------------------------- one setting of Eq. 3
@@ -149,37 +157,41 @@ class Cell:
     cfg: float = 1.0
 
 
-def _run_chunk(anima, gp, cells, noise, sigmas, sampler, seed, progress) -> torch.Tensor:
+def _run_chunk(anima, gp, cells, noise, sigmas, sampler, seed, progress, spectrum=None) -> torch.Tensor:
     """K cells side by side in one batch (K*B, C, h, w); with CFG one DiT call on [cond; uncond] per cell."""
-    velocity = cfg_velocity(anima.velocity, gp.cond_ctx, gp.uncond_ctx, [c.cfg for c in cells])
+    model = anima.velocity if spectrum is None else Spectrum(anima, len(sigmas) - 1, spectrum).model
+    velocity = cfg_velocity(model, gp.cond_ctx, gp.uncond_ctx, [c.cfg for c in cells])
     cfg = any(c.cfg != 1.0 for c in cells)  # whether the uncond rows run, so the vectors need them
     mod = _cells_modulation(anima, gp, [c.guidance for c in cells], cfg)
     x = noise.to(anima.device).repeat(len(cells), 1, 1, 1)  # (K*B, C, h, w): every cell starts from the same noise
     with inject(anima, mod) if mod is not None else contextlib.nullcontext():
-        if sampler == "euler":
-            x = sample_euler(velocity, x, sigmas, disable=not progress)
+        if sampler not in STOCHASTIC:
+            x = SAMPLERS[sampler](velocity, x, sigmas, disable=not progress)
         else:
             g = torch.Generator(device=anima.device).manual_seed(seed)
-            x = sample_er_sde(velocity, x, sigmas, generator=g, disable=not progress)
+            x = SAMPLERS[sampler](velocity, x, sigmas, generator=g, disable=not progress)
     return x.view(len(cells), len(gp), *x.shape[1:])  # (K, B, C, h, w)
 
 
 def sample_cells(anima, gp: GuidedPrompts, cells: Sequence[Cell], noise: torch.Tensor, *, steps: int = 20,
                  shift: float = 3.0, sampler: str = "euler", seed: int = 0, chunk: int | None = None,
-                 progress: bool = False) -> torch.Tensor:
+                 progress: bool = False, schedule: str = "simple", spectrum: SpectrumConfig | None = None,
+                 ) -> torch.Tensor:
     """Final samples (K, B, C, h, w) in model space for K cells from the same initial noise (B, C, h, w).
 
-    Euler is deterministic, so cells are batched ``chunk`` at a time (default: all at once). ER-SDE injects noise
-    drawn for the whole batch, so each cell runs alone with a generator seeded by ``seed``: every cell then sees the
-    same SDE noise (paired) and a cell reproduces bit for bit whatever grid it sits in.
+    ``sampler`` names one of ``samplers.SAMPLERS``, ``schedule`` one of ``sigmas.SCHEDULES``; ``spectrum`` runs
+    the DiT through ``Spectrum`` with that config (a fresh forecaster per chunk). Deterministic samplers batch
+    cells ``chunk`` at a time (default: all at once). The stochastic ones inject noise drawn for the whole batch,
+    so each cell runs alone with a generator seeded by ``seed``: every cell then sees the same SDE noise (paired)
+    and a cell reproduces bit for bit whatever grid it sits in.
     """
     if sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
+        raise InputError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
     if noise.shape[0] != len(gp):
         raise InputError(f"noise has {noise.shape[0]} rows for {len(gp)} prompts")
-    sigmas = simple_sigmas(steps, shift)
-    size = 1 if sampler == "er_sde" else (chunk or len(cells))
-    parts = [_run_chunk(anima, gp, cells[i : i + size], noise, sigmas, sampler, seed, progress)
+    sigmas = schedule_sigmas(schedule, steps, shift)
+    size = 1 if sampler in STOCHASTIC else (chunk or len(cells))
+    parts = [_run_chunk(anima, gp, cells[i : i + size], noise, sigmas, sampler, seed, progress, spectrum)
              for i in range(0, len(cells), size)]
     return torch.cat(parts)
 
@@ -199,3 +211,18 @@ def sample_grid(anima, gp: GuidedPrompts, ws: Sequence[float | None], cfgs: Sequ
     with torch.no_grad():
         images = anima.decode(x.flatten(0, 1))  # (R*C*B, 3, H, W)
     return images.view(len(ws), len(cfgs), len(gp), *images.shape[1:])
+
+
+@torch.no_grad()
+def sample_prompts(anima, prompts: Sequence[str], seed: int, *, steps: int = 20, cfg: float = 4.0,
+                   shift: float = 3.0, size: int = 32, negative: str = "", progress: bool = False) -> np.ndarray:
+    """Plain CFG samples of ``prompts`` (no modulation), Euler over the shift schedule, as (N, H, W, 3) in [0, 1].
+
+    One noise draw per call (``initial_noise(seed)``), so two calls with the same seed and as many prompts pair
+    row r with row r (the p+/p- pairs of toyworld-evidence, base vs adapter in the 13th-artist evaluation)."""
+    tc = encode_prompts(anima, list(prompts) + [negative])
+    cond, uncond = tc.crossattn_emb[:-1], tc.crossattn_emb[-1:].expand(len(prompts), -1, -1)  # (N, 512, Dt)
+    velocity = cfg_velocity(anima.velocity, cond, uncond, cfg)
+    x = initial_noise(anima, len(prompts), size, seed).to(anima.device, anima.dtype)  # (N, C, h, w)
+    x0 = sample_euler(velocity, x, simple_sigmas(steps, shift), disable=not progress)
+    return anima.decode(x0).float().permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)

@@ -212,6 +212,98 @@ def sample_er_sde(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, generator: t
     return x
 
 
+def _ve_lam(sigma: float) -> float:
+    """lam = sigma / (1 - sigma), the VE noise level of x/(1 - sigma); infinite at sigma = 1 (pure noise)."""
+    return math.inf if sigma >= 1.0 else sigma / (1.0 - sigma)
+
+
+def ancestral_coefficients(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float, float]:
+    """``(c_x, c_d, c_noise)`` of one Euler-ancestral step sigma -> sigma_next (> 0): x' = c_x x + c_d D + c_noise z.
+
+    k-diffusion's ``get_ancestral_step`` splits the VE step lam_s -> lam_t into a deterministic step down to lam_down
+    and fresh noise lam_up, with lam_up = min(lam_t, eta lam_t sqrt(1 - lam_t^2/lam_s^2)) and
+    lam_down^2 + lam_up^2 = lam_t^2 (so the marginal noise level is exact). Adapted: we apply that split to the VE
+    variable x/(1 - sigma), lam = sigma/(1 - sigma), and multiply back by 1 - sigma_next; eta = 0 is then exactly the
+    flow Euler step. (ComfyUI's flow variant parametrises eta differently, as a linear shrink of the down-step; the
+    two agree at eta = 0 and both re-noise fully at eta = 1 from sigma = 1.)"""
+    if not 0.0 < sigma_next < sigma <= 1.0:
+        raise ValueError(f"ancestral_coefficients needs 0 < sigma_next < sigma <= 1, got {sigma_next}, {sigma}")
+    lam_t = _ve_lam(sigma_next)
+    q = lam_t / _ve_lam(sigma)  # 0 from sigma = 1
+    lam_up = min(lam_t, eta * lam_t * math.sqrt(max(0.0, 1.0 - q * q)))
+    lam_down = math.sqrt(max(0.0, lam_t * lam_t - lam_up * lam_up))
+    alpha_t = 1.0 - sigma_next
+    return alpha_t * lam_down / sigma, alpha_t * (1.0 - q * lam_down / lam_t), alpha_t * lam_up
+
+
+@torch.no_grad()
+def sample_euler_ancestral(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, generator: torch.Generator | None = None,
+                           callback=None, disable: bool | None = None, eta: float = 1.0, s_noise: float = 1.0):
+    """Euler ancestral (k-diffusion's ``sample_euler_ancestral``) in the flow parametrisation: a deterministic step
+    to a lower noise level, then fresh noise back up to sigma_next (``ancestral_coefficients``). The step onto
+    sigma = 0 returns the data prediction. eta = 0 is flow Euler. Deterministic for a given ``generator``."""
+    sig = _check_sigmas(sigmas)
+    for i in trange(len(sig) - 1, disable=disable):
+        s, t = sig[i], sig[i + 1]
+        with sampler_step(i):  # hook captures inside carry the step
+            denoised = x - s * velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
+        if callback is not None:
+            callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
+        if t == 0.0:
+            x = denoised
+            continue
+        c_x, c_d, c_noise = ancestral_coefficients(s, t, eta)
+        x = c_x * x + c_d * denoised
+        if c_noise > 0.0 and s_noise != 0.0:
+            x = x + (s_noise * c_noise) * _randn_like(x, generator)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, generator: torch.Generator | None = None,
+                        callback=None, disable: bool | None = None, eta: float = 1.0, s_noise: float = 1.0):
+    """DPM-Solver++(2M) SDE, midpoint form (Lu et al. 2022, arXiv 2211.01095; k-diffusion's ``sample_dpmpp_2m_sde``)
+    in the flow parametrisation.
+
+    With lam = sigma/(1 - sigma) and h = log(lam_s / lam_t) (the step in half-log-SNR), the data-prediction step is
+    ``x_t = (sigma_t/sigma_s) e^(-eta h) x_s + (1 - sigma_t)(1 - e^(-(1+eta) h)) (D + (D - D_prev) / (2 r))
+    + sigma_t sqrt(1 - e^(-2 eta h)) z`` with r = h_prev / h: k-diffusion's VE formulas applied to x/(1 - sigma) and
+    multiplied back by 1 - sigma_t. eta = 0 is the deterministic DPM-Solver++(2M), whose first step is flow Euler.
+    Inferred/adapted: a step from sigma = 1 has h = inf, so it takes no second-order term and is not used as
+    history (as in ``sample_er_sde``); the noise is independent per step from ``generator`` (k-diffusion draws it
+    from a Brownian tree, which only matters when comparing step counts on one noise path)."""
+    sig = _check_sigmas(sigmas)
+    d_prev, h_prev = None, None
+    for i in trange(len(sig) - 1, disable=disable):
+        s, t = sig[i], sig[i + 1]
+        with sampler_step(i):  # hook captures inside carry the step
+            denoised = x - s * velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
+        if callback is not None:
+            callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
+        if t == 0.0:
+            x = denoised
+            continue
+        h = math.log(_ve_lam(s) / _ve_lam(t))  # inf from sigma = 1
+        eta_h = eta * h if eta else 0.0
+        decay = math.exp(-h - eta_h)
+        x = (t / s) * math.exp(-eta_h) * x + (1.0 - t) * (1.0 - decay) * denoised
+        if d_prev is not None and math.isfinite(h):
+            x = x + (1.0 - t) * (1.0 - decay) * (h / h_prev) * 0.5 * (denoised - d_prev)
+        if eta and s_noise:
+            x = x + (s_noise * t * math.sqrt(max(0.0, -math.expm1(-2.0 * eta_h)))) * _randn_like(x, generator)
+        d_prev, h_prev = (denoised, h) if math.isfinite(h) else (None, None)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "euler": sample_euler,
+    "euler_ancestral": sample_euler_ancestral,
+    "er_sde": sample_er_sde,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+}
+STOCHASTIC = frozenset({"euler_ancestral", "er_sde", "dpmpp_2m_sde"})  # these take a generator
+
+
 def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance, ComfyUI/diffusers convention: ``v_uncond + scale*(v_cond - v_uncond)``.
 

@@ -16,15 +16,18 @@ from anima_probe.guidance.guided import (
     prepare,
     sample_cells,
     sample_guided,
+    sample_prompts,
 )
 from anima_probe.guidance.samplers import cfg_combine, initial_noise, sample_euler, simple_sigmas
 from anima_probe.guidance.schedules import Schedule
+from anima_probe.guidance.sigmas import karras_sigmas
 from anima_probe.guidance.sources import (
     CosmosPooledAdapter,
     PooledTextProjection,
     save_cosmos_pooled_adapter,
     save_pooled_text_proj,
 )
+from anima_probe.guidance.spectrum import SpectrumConfig
 from anima_probe.model.clip import load_clip, write_tiny_clip
 from anima_probe.model.files import ModelFileError
 from anima_probe.model.text import encode_prompts
@@ -129,6 +132,31 @@ def test_plain_cell_is_the_reference_cfg_sampler(tiny_anima, gp):
     assert torch.allclose(sample_guided(tiny_anima, gp, None, 4.0, noise, steps=4), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m_sde"])
+def test_any_sampler_schedule_and_spectrum_reach_the_guided_sampler(tiny_anima, gp, sampler):
+    noise = _noise(tiny_anima)
+
+    def reference(x, s):
+        return cfg_combine(tiny_anima.velocity(x, s, gp.cond_ctx), tiny_anima.velocity(x, s, gp.uncond_ctx), 4.0)
+
+    want = sample_euler(reference, noise, karras_sigmas(4), disable=True)
+    got = sample_guided(tiny_anima, gp, None, 4.0, noise, steps=4, schedule="karras")
+    assert torch.allclose(got, want, atol=1e-5)
+    cells = [Cell(None, 4.0), Cell(Guidance(3.0), 4.0)]
+    sde = sample_cells(tiny_anima, gp, cells, noise, steps=8, sampler=sampler, seed=3, schedule="bong_tangent")
+    alone = sample_guided(tiny_anima, gp, cells[1].guidance, 4.0, noise, steps=8, sampler=sampler, seed=3,
+                          schedule="bong_tangent")
+    assert torch.equal(sde[1], alone) and not torch.equal(sde[0], sde[1])
+    every_step_real = sample_guided(tiny_anima, gp, cells[1].guidance, 4.0, noise, steps=8, sampler=sampler, seed=3,
+                                    schedule="bong_tangent", spectrum=SpectrumConfig(warmup=8))
+    assert torch.equal(every_step_real, alone)
+    cached = sample_guided(tiny_anima, gp, cells[1].guidance, 4.0, noise, steps=8, sampler=sampler, seed=3,
+                           schedule="bong_tangent", spectrum=SpectrumConfig(warmup=5, tail=1))
+    assert not torch.equal(cached, alone) and torch.isfinite(cached).all()
+    with pytest.raises(KeyError, match="unknown sigma schedule"):
+        sample_guided(tiny_anima, gp, None, 4.0, noise, steps=4, schedule="normal")
+
+
 def test_a_cell_does_not_depend_on_its_grid_neighbours(tiny_anima, gp):
     noise = _noise(tiny_anima)
     cells = [Cell(None, 4.0), Cell(Guidance(3.0), 4.0), Cell(Guidance(2.0, Schedule.parse("step:1")), 2.0),
@@ -194,3 +222,23 @@ def test_cli_sample_writes_a_run_folder_with_the_resolved_settings(tiny_model_di
     assert settings["w_values"] == [None, 2.0] and settings["cfg_values"] == [1.0, 3.0]
     assert settings["schedule"] == "interval:0:0]" and len(settings["proj_sha256"]) == 64
     assert np.load(run / "images.npy").shape == (2, 2, 2, 16, 16, 3)
+
+
+def test_sample_prompts_is_cfg_euler_from_one_noise_draw_and_pairs_rows(tiny_anima):
+    """The one plain-CFG sampler of toyworld-evidence and the 13th-artist evaluation: rows of two calls with the same
+    seed share their noise, and it is Euler over cfg_combine of the two contexts."""
+    a = sample_prompts(tiny_anima, PROMPTS, seed=4, steps=3, cfg=3.0, size=16)
+    b = sample_prompts(tiny_anima, PROMPTS[:1], seed=4, steps=3, cfg=3.0, size=16)
+    assert a.shape[:3] == (2, 16, 16) and a.dtype == np.float32  # no VAE on the twin: latent channels last
+    np.testing.assert_allclose(a[:1], b, atol=1e-5)  # row 0 sees the same noise whatever follows it
+    tc = encode_prompts(tiny_anima, PROMPTS + [""])
+    cond, uncond = tc.crossattn_emb[:2], tc.crossattn_emb[2:].expand(2, -1, -1)
+
+    def velocity(x, s):
+        return cfg_combine(tiny_anima.velocity(x, s, cond), tiny_anima.velocity(x, s, uncond), 3.0)
+
+    x = initial_noise(tiny_anima, 2, 16, 4)
+    with torch.no_grad():
+        want = tiny_anima.decode(sample_euler(velocity, x, simple_sigmas(3), disable=True))
+    np.testing.assert_allclose(a, want.float().permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    assert not np.allclose(a, sample_prompts(tiny_anima, PROMPTS, seed=5, steps=3, cfg=3.0, size=16))
