@@ -20,6 +20,8 @@ from anima_probe.pipeline import gate, report  # noqa: E402  (light modules: arg
 
 __all__ = ["DTYPES", "main", "torch_dtype"]
 
+SAMPLER_NAMES = ("euler", "euler_ancestral", "er_sde", "dpmpp_2m_sde")
+SCHEDULE_NAMES = ("simple", "sgm_uniform", "karras", "exponential", "beta", "bong_tangent")
 DEMO_PROMPTS = ("score_9, masterpiece, 1girl, solo, @kiri_ama|score_9, masterpiece, scenery, landscape, no humans, "
                 "@neon_yoru|score_1, worst quality, mecha, robot, no humans, @pop_kyu|score_9, still life, fruit, "
                 "no humans, @sumi_kuro")
@@ -49,7 +51,10 @@ def _add_sample(sub, parents) -> None:
     p.add_argument("--final-w", type=float, default=0.0, help="final-layer weight (pooled_text_proj only)")
     p.add_argument("--rows", default="auto", choices=["auto", "both", "cond-only", "official", "per-row-base"],
                    help="what the CFG uncond row gets (auto: the family's own port)")
-    p.add_argument("--sampler", default="euler", choices=["euler", "er_sde"])
+    # Names of guidance.samplers.SAMPLERS / guidance.sigmas.SCHEDULES, spelled out so that building the parser does
+    # not import torch; tests/unit/cli checks that they are the registries' keys.
+    p.add_argument("--sampler", default="euler", choices=SAMPLER_NAMES)
+    p.add_argument("--sigmas", default="simple", choices=SCHEDULE_NAMES, help="sigma schedule of the sampler steps")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (>= 1)")
     p.add_argument("--shift", type=float, default=3.0, help="flow schedule shift (>= 0)")
     p.add_argument("--seed", type=int, default=0)

@@ -103,7 +103,7 @@ def sample(args) -> int:
     gp = gs.prepare(anima, source, prompts, args.pos, args.neg, args.negative, clip=clip)
     noise = initial_noise(anima, len(prompts), args.size, args.seed)
     images = gs.sample_grid(anima, gp, ws, cfgs, guidance, noise, steps=args.steps, shift=args.shift,
-                            sampler=args.sampler, seed=args.seed, progress=not args.quiet)
+                            sampler=args.sampler, schedule=args.sigmas, seed=args.seed, progress=not args.quiet)
     rows = ["no modulation" if w is None else f"w={w:g}" for w in ws]
     fig = grid_figure(images, rows, [f"CFG {c:g}" for c in cfgs])
     settings = {k: v for k, v in vars(args).items() if k != "fn"} | {

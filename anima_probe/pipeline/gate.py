@@ -202,7 +202,9 @@ def cli(args: argparse.Namespace, root: str | Path = REPO_ROOT, registry: dict |
             raise UsageError(f"--tier {args.tier} --measure needs --model DIR (the weights the tier is for)")
         anima = load_for([registry[n] for n in names if n in registry], **model_kwargs(args))
         for name in names:
-            print(f"wrote {measure_tolerances(name, args.tier, results, anima=anima, registry=registry, root=root)}")
+            path = measure_tolerances(name, args.tier, results, anima=anima, registry=registry, root=root,
+                                      seeds=args.seeds)
+            print(f"wrote {path}")
         return 0
     if args.update:
         for path in accept_runs(args.tier, results, names, root):

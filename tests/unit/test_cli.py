@@ -80,3 +80,11 @@ def test_a_device_that_does_not_exist_or_work_is_a_usage_error():
         with pytest.raises(errors.UsageError, match="--device cuda: not usable on this machine"):
             check_device("cuda")
     assert check_device("cpu") == torch.device("cpu")
+
+
+def test_sample_offers_exactly_the_registered_samplers_and_sigma_schedules():
+    from anima_probe.cli import SAMPLER_NAMES, SCHEDULE_NAMES
+    from anima_probe.guidance.samplers import SAMPLERS
+    from anima_probe.guidance.sigmas import SCHEDULES
+
+    assert SAMPLER_NAMES == tuple(SAMPLERS) and SCHEDULE_NAMES == tuple(SCHEDULES)

@@ -124,3 +124,14 @@ def test_update_accepts_the_run_and_keeps_measured_tolerances(fake, capsys):
         for field in ("abs_tol", "rel_tol", "tolerance_source"):
             assert after["metrics"][key][field] == before["metrics"][key][field]
     assert _cli([], fake, capsys)[0] == 0
+
+
+def test_regress_measure_runs_the_seeds_it_is_given(fake, capsys, monkeypatch):
+    from anima_probe.model import options
+    from anima_probe.pipeline import experiment
+
+    monkeypatch.setattr(options, "model_kwargs", lambda args: {})  # the plain parser here has no model options
+    monkeypatch.setattr(experiment, "load_for", lambda exps, **kw: fake[1])
+    code, out = _cli(["fake", "--measure", "--seeds", "3"], fake, capsys)
+    path = out.strip().split("wrote ")[-1]
+    assert code == 0 and load_baseline(path)["measured"]["seeds"] == [0, 1, 2]
