@@ -23,20 +23,24 @@ its [</s>] row is a real adapter output.)
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from anima_probe.guidance.modulation import POOLED_TEXT_PROJ, constant, inject
-from anima_probe.guidance.sources import PooledTextProjection
+from anima_probe.guidance.sources import PooledTextProjection, load_pooled_text_proj
 from anima_probe.model.anima import CROSSATTN_TOKENS
 from anima_probe.model.text import PromptTokens, crossattn
+from anima_probe.pipeline.runs import REPO_ROOT
 from anima_probe.probes.pooling import pool_named
 from anima_probe.toyworld.world import ToyImage, quality_tags
 
 POOLING = "max_padded"  # sorryhyun's pooling, which guided.prepare_pooled_text uses at inference
 PROJECTION_FILE = "pooled_text_proj.safetensors"  # inside the model folder: a model that carries its own source
+SHIPPED = REPO_ROOT / "data" / "toyworld" / "positive_control" / "model"  # its projection inside (PROJECTION_FILE)
 _STRIP_STREAM = 424_243  # the half-split draws from its own seed stream, never from a training step's
 
 
@@ -76,10 +80,11 @@ def new_projection(hidden: int, text_dim: int, seed: int) -> PooledTextProjectio
     return PooledTextProjection(hidden, text_dim=text_dim)
 
 
-def _pooled(ctx: torch.Tensor, tok: PromptTokens) -> torch.Tensor:
-    """Max over all 512 rows of ``crossattn_emb`` (B, 512, Dt) -> (B, Dt), as at inference."""
-    mask = F.pad(tok.t5_mask, (0, CROSSATTN_TOKENS - tok.t5_mask.shape[1]))  # (B, 512)
-    return pool_named(ctx, mask, POOLING)
+def pooled_input(crossattn_emb: torch.Tensor, t5_mask: torch.Tensor) -> torch.Tensor:
+    """The path's input: max over all 512 rows of ``crossattn_emb`` (B, 512, Dt) -> (B, Dt), as at inference;
+    ``t5_mask`` (B, L <= 512) marks the real T5 tokens."""
+    mask = F.pad(t5_mask, (0, CROSSATTN_TOKENS - t5_mask.shape[1]))  # (B, 512)
+    return pool_named(crossattn_emb, mask, POOLING)
 
 
 def conditioning(adapter, hidden: torch.Tensor, tok: PromptTokens, text_idx: torch.Tensor,
@@ -91,9 +96,17 @@ def conditioning(adapter, hidden: torch.Tensor, tok: PromptTokens, text_idx: tor
     differs = (pool_idx != text_idx).nonzero().flatten()  # (k,)
     rows = torch.cat([text_idx, pool_idx[differs]])  # (B + k,)
     ctx = crossattn(adapter, hidden[rows], tok[rows])  # (B + k, 512, Dt)
-    pooled = _pooled(ctx, tok[rows])  # (B + k, Dt)
+    pooled = pooled_input(ctx, tok.t5_mask[rows])  # (B + k, Dt)
     B = len(text_idx)
     return ctx[:B], pooled[:B].index_put((differs,), pooled[B:])  # (B, 512, Dt), (B, Dt)
+
+
+def load_projection(path: str, anima) -> PooledTextProjection | None:
+    """A model's own projection file (relative paths from the repository root), or None for "none"."""
+    if path.lower() in ("none", ""):
+        return None
+    file = Path(path) if Path(path).is_absolute() else REPO_ROOT / path
+    return load_pooled_text_proj(file, model_channels=anima.dit_config.hidden).to(anima.device)
 
 
 def pooled_injection(anima, projection: PooledTextProjection | None, pooled: torch.Tensor | None):
@@ -101,3 +114,63 @@ def pooled_injection(anima, projection: PooledTextProjection | None, pooled: tor
     if projection is None:
         return contextlib.nullcontext()
     return inject(anima, constant(POOLED_TEXT_PROJ, projection(pooled), anima.num_blocks))  # (B, D) vectors
+
+
+# ------------------------------------------------------------------------------- the known answer, checked
+@torch.no_grad()
+def guidance_check(anima, projection: PooledTextProjection, pos: str, neg: str, *, prompts: int = 16, seeds: int = 2,
+                   ws: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0), cfgs: tuple[float, ...] = (1.0, 3.0, 5.0),
+                   steps: int = 8, shift: float = 3.0, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Does Eq. 3 with the model's own projection raise the toy quality score? The guidance-dose setting (toy
+    prompts without quality tags, the family's own CFG-row policy, every block, shared noise), scored per
+    (cfg, w) as the mean paired change against w = 0 with a 95 % bootstrap CI over *prompts* (each prompt's
+    `seeds` noise rows are one cluster), and the share of images the scorer can read (`scorer.in_range`)."""
+    from anima_probe.guidance.dose import scores, toy_prompts
+    from anima_probe.guidance.guided import Cell, Guidance, initial_noise, prepare_pooled_text, sample_cells
+    from anima_probe.probes.stats import bootstrap_ci
+    from anima_probe.toyworld.scorer import in_range
+
+    rows = [p for _ in range(seeds) for p in toy_prompts(prompts)]  # row r: prompt r % prompts
+    noise = initial_noise(anima, len(rows), 32, seed)  # (R, 3, 32, 32)
+    gp = prepare_pooled_text(anima, projection, rows, pos, neg)
+    out = []
+    for cfg in cfgs:
+        x = sample_cells(anima, gp, [Cell(Guidance(w), cfg) for w in ws], noise, steps=steps, shift=shift)
+        images = anima.decode(x.flatten(0, 1))  # (K*R, 3, H, W)
+        s = scores(images).reshape(len(ws), len(rows))  # (K, R)
+        readable = in_range(images.permute(0, 2, 3, 1).cpu().numpy()).reshape(len(ws), len(rows))
+        for k, w in enumerate(ws):
+            per_prompt = (s[k] - s[ws.index(0.0)]).reshape(seeds, prompts).mean(axis=0)  # (P,) cluster means
+            lo, hi = bootstrap_ci(lambda idx, d=per_prompt: d[idx].mean(), prompts, n_boot=n_boot, seed=seed)
+            out.append({"cfg": cfg, "w": w, "effect": per_prompt.mean(), "lo": lo, "hi": hi,
+                        "score": s[k].mean(), "in_range": readable[k].mean()})
+    return pd.DataFrame(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print and write the known-answer check of a positive-control model: the proposal's p+/p-, then swapped."""
+    import argparse
+
+    from anima_probe.model.anima import load_anima
+    from anima_probe.pipeline.manifests import load_prompt_sets
+    from anima_probe.pipeline.runs import atomic_write_text
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--model", default=str(SHIPPED))
+    ap.add_argument("--out", default=None, help="csv to write (default: print only)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    anima = load_anima(args.model, with_vae=False)
+    projection = load_projection(str(Path(args.model) / PROJECTION_FILE), anima)
+    pair = load_prompt_sets()["guidance"]
+    frames = [guidance_check(anima, projection, pair["positive"], pair["negative"]).assign(pair="p+/p-"),
+              guidance_check(anima, projection, pair["negative"], pair["positive"]).assign(pair="swapped")]
+    table = pd.concat(frames, ignore_index=True)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        atomic_write_text(Path(args.out), table.to_csv(index=False, float_format="%.4f"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -234,3 +234,45 @@ def quality_score(images: np.ndarray, weights: ScorerWeights | None = None) -> n
     z = (np.clip(f, lo - margin, hi + margin) - np.asarray(w.mean)) / np.asarray(w.scale)  # (N, 6)
     score = np.clip(z @ np.asarray(w.coef) + w.intercept, FLOOR, CEILING)
     return np.where(_in_range(f, w), score, FLOOR)
+
+
+def reference_ood_images(n: int = 8, seed: int = 0, size: int = 32) -> dict[str, np.ndarray]:
+    """Known destroyed images, (n, size, size, 3) per kind, that must all score `FLOOR`: what a broken sampler
+    draws (noise, saturated speckle, stripes, checkerboards) and what carries no picture at all (flat colour)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size))
+    periods = [1 + k % 8 for k in range(n)]  # 1..8 px
+    two = rng.random((n, 2, 3))  # two random colours per image
+    stripes = [((xx if k % 2 else yy) // p) % 2 for k, p in enumerate(periods)]
+    checks = [((xx // p) + (yy // p)) % 2 for p in periods]
+    return {
+        "uniform noise": rng.random((n, size, size, 3)),
+        "gaussian noise": np.clip(0.5 + 0.25 * rng.standard_normal((n, size, size, 3)), 0, 1),
+        "saturated noise": (rng.random((n, size, size, 3)) > 0.5).astype(np.float64),
+        "flat colour": np.broadcast_to(rng.random((n, 1, 1, 3)), (n, size, size, 3)).copy(),
+        "stripes": np.stack([np.where(s[..., None] == 1, c[0], c[1]) for s, c in zip(stripes, two, strict=True)]),
+        "checkerboard": np.stack([np.where(s[..., None] == 1, c[0], c[1]) for s, c in zip(checks, two, strict=True)]),
+    }
+
+
+def validity(n: int = 1000, seed: int = 2000, ood_n: int = 8) -> tuple[dict[str, float], str]:
+    """The scorer's credentials: Spearman with planted quality and the in-range share on `n` held-out toy images
+    (a seed no fit used), and per destroyed kind (`reference_ood_images`) the in-range share and the highest score.
+    Returns (metrics, csv of the per-kind table)."""
+    from scipy.stats import spearmanr
+
+    from anima_probe.toyworld.world import generate  # local: the world is only needed here and to refit
+
+    toys = generate(n, seed)
+    images = np.stack([t.image for t in toys])
+    score = quality_score(images)
+    metrics = {"scorer/heldout_spearman": float(spearmanr(score, [t.quality for t in toys])[0]),
+               "scorer/heldout_in_range": float(in_range(images).mean())}
+    rows = ["kind,images,in_range,mean_score,max_score", f"held-out toy images (seed {seed}),{n},"
+            f"{metrics['scorer/heldout_in_range']:.4f},{score.mean():.4f},{score.max():.4f}"]
+    for kind, ood in reference_ood_images(ood_n).items():
+        s, ok = quality_score(ood), in_range(ood)
+        key = kind.replace(" ", "_")
+        metrics |= {f"scorer/ood_max/{key}": float(s.max()), f"scorer/ood_in_range/{key}": float(ok.mean())}
+        rows.append(f"{kind},{len(ood)},{ok.mean():.4f},{s.mean():.4f},{s.max():.4f}")
+    return metrics, "\n".join(rows) + "\n"
