@@ -154,7 +154,7 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
 
 EXPERIMENT = Experiment(
     name="guidance-dose",
-    version="1",
+    version="2",
     question="Does modulation guidance with the proposal's quality p+/p- raise the toy quality score with its weight, "
     "at every CFG scale, and is w = 0 exactly the base model?",
     config=GuidanceDoseConfig,
