@@ -36,7 +36,7 @@ from anima_probe.model.anima import CROSSATTN_TOKENS
 from anima_probe.model.text import PromptTokens, crossattn
 from anima_probe.pipeline.runs import REPO_ROOT
 from anima_probe.probes.pooling import pool_named
-from anima_probe.toyworld.world import ToyImage, quality_tags
+from anima_probe.toyworld.world import ARTISTS, ToyImage, quality_tags
 
 POOLING = "max_padded"  # sorryhyun's pooling, which guided.prepare_pooled_text uses at inference
 PROJECTION_FILE = "pooled_text_proj.safetensors"  # inside the model folder: a model that carries its own source
@@ -147,8 +147,47 @@ def guidance_check(anima, projection: PooledTextProjection, pos: str, neg: str, 
     return pd.DataFrame(out)
 
 
+@torch.no_grad()
+def calibrated_dose(anima, projection: PooledTextProjection, pos: str, neg: str, prompts: int = 16,
+                    quality: int = 9) -> float:
+    """The w at which Eq. 3 moves a prompt's pooled modulation as far along ``P(p+) - P(p-)`` as the prompt's own
+    top planted quality tags do: mean over prompts of <P(pool(tags_q, prompt)) - P(pool(prompt)), d> / |d|^2.
+
+    Why: the proposal's w is in units of |P(p+) - P(p-)|, which is a property of the model. For the shipped positive
+    control that delta is ~1.6x the whole trained quality span (score_1 .. score_9 captions sit at w = -0.46 ..
+    +0.16), so w >= 0.5 drives the modulation off the trained support. This dose stays inside it by construction."""
+    from anima_probe.guidance.dose import toy_prompts
+    from anima_probe.guidance.guided import prepare_pooled_text
+
+    rows = toy_prompts(prompts)
+    plain = prepare_pooled_text(anima, projection, rows, pos, neg)
+    tagged = prepare_pooled_text(anima, projection, [f"{', '.join(quality_tags(quality))}, {r}" for r in rows],
+                                 pos, neg)
+    d = plain.delta.flatten()  # (W,)
+    return float(((tagged.base_cond - plain.base_cond) @ d).mean() / (d @ d))
+
+
+def known_answer(anima, projection: PooledTextProjection, pos: str, neg: str, neutral: tuple[str, str],
+                 **kw) -> pd.DataFrame:
+    """The check at the calibrated dose (w = 0, w_cal / 2, w_cal): p+/p-, swapped, and a neutral pair (two
+    artist tags: artist and quality are independent in the world) dosed to the same modulation length."""
+    from anima_probe.guidance.guided import prepare_pooled_text
+
+    w_cal = calibrated_dose(anima, projection, pos, neg)
+    deltas = prepare_pooled_text(anima, projection, [""], pos, neg).delta, \
+        prepare_pooled_text(anima, projection, [""], *neutral).delta
+    w_neutral = w_cal * float(deltas[0].norm() / deltas[1].norm())
+    frames = [guidance_check(anima, projection, a, b, ws=(0.0, w / 2, w), **kw).assign(pair=name, w_cal=w)
+              for a, b, name, w in ((pos, neg, "p+/p-", w_cal), (neg, pos, "swapped", w_cal),
+                                    (*neutral, "neutral", w_neutral))]
+    return pd.concat(frames, ignore_index=True)
+
+
+NEUTRAL = ARTISTS[:2]  # the negative control's pair: two artist tags, fixed before any run
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print and write the known-answer check of a positive-control model: the proposal's p+/p-, then swapped."""
+    """Print and write the known-answer check of a positive-control model at the calibrated dose."""
     import argparse
 
     from anima_probe.model.anima import load_anima
@@ -163,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     anima = load_anima(args.model, with_vae=False)
     projection = load_projection(str(Path(args.model) / PROJECTION_FILE), anima)
     pair = load_prompt_sets()["guidance"]
-    frames = [guidance_check(anima, projection, pair["positive"], pair["negative"]).assign(pair="p+/p-"),
-              guidance_check(anima, projection, pair["negative"], pair["positive"]).assign(pair="swapped")]
-    table = pd.concat(frames, ignore_index=True)
+    table = known_answer(anima, projection, pair["positive"], pair["negative"], NEUTRAL)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if args.out:
         atomic_write_text(Path(args.out), table.to_csv(index=False, float_format="%.4f"))

@@ -43,25 +43,54 @@ def test_training_record_fits_the_cpu_budget_of_an_idle_machine():
     assert record["wall_seconds"] > 0 and record["process_cpu_seconds"] > 0 and record["load_average_1min"]["mean"] > 0
 
 
+# The known answer, measured (data/toyworld/positive_control/guidance_check.csv): at w_cal the planted gain is seen at
+# CFG 1 only (+0.23 [+0.12, +0.36]; CFG 3 / 5: +0.04 / +0.02, CIs across 0), the swapped pair lowers the score at
+# CFG 1 and 3 but not clearly at 5, and the neutral pair lowers it too at CFG 1 and 3 (-0.29, -0.15). These rules
+# were fixed before that run; they stay as written and are marked strict xfail (an unexpected pass fails), so the
+# defect stays visible until the model is retrained with headroom above its w = 0 quality (see data/toyworld/README.md).
+_KNOWN_DEFECT = pytest.mark.xfail(strict=True, reason="the shipped positive control's quality gain is too small to "
+                                  "clear these rules (guidance_check.csv); see data/toyworld/README.md")
+
+
 @pytest.fixture(scope="module")
-def checks():
+def check():
     anima = load_anima(pc.SHIPPED, with_vae=False)
     projection = pc.load_projection(str(pc.SHIPPED / pc.PROJECTION_FILE), anima)
     pair = load_prompt_sets()["guidance"]
-    return {"p+/p-": pc.guidance_check(anima, projection, pair["positive"], pair["negative"]),
-            "swapped": pc.guidance_check(anima, projection, pair["negative"], pair["positive"])}
+    table = pc.known_answer(anima, projection, pair["positive"], pair["negative"], pc.NEUTRAL)
+    return table, table[table.w == table.w_cal]  # every row, and the rows at the calibrated dose
 
 
-def test_guidance_raises_quality_at_small_doses_at_every_cfg(checks):
-    """Positive control: at w in 0.5..2 the prompt-clustered 95 % CI of the gain over w = 0 lies above 0 at CFG 1,
-    3 and 5, on images the scorer can read."""
-    table = checks["p+/p-"]
-    dosed = table[table.w > 0]
-    assert len(dosed) == 9 and (dosed.lo > 0).all(), dosed
-    assert (table.in_range >= 0.9).all(), table
+@pytest.mark.slow
+def test_calibrated_dose_lies_inside_the_trained_quality_span(check):
+    """The dose is where the top planted quality's own tags sit along P(p+) - P(p-): positive, and well below the
+    proposal's w = 0.5, which for this model is already past every trained caption."""
+    w_cal = check[0][check[0].pair == "p+/p-"].w_cal.iloc[0]
+    assert 0.0 < w_cal < 0.5, w_cal
 
 
-def test_swapping_p_plus_and_p_minus_lowers_quality(checks):
-    """Negative control: the swapped pair moves the score the other way at every dose and CFG."""
-    dosed = checks["swapped"][checks["swapped"].w > 0]
-    assert len(dosed) == 9 and (dosed.effect < 0).all(), dosed
+@pytest.mark.slow
+@_KNOWN_DEFECT
+def test_guidance_raises_quality_at_the_calibrated_dose_at_every_cfg(check):
+    """Positive control: at w_cal the prompt-clustered 95 % CI of the gain over w = 0 lies above 0 at CFG 1, 3 and
+    5, on images the scorer can read."""
+    rows = check[1][check[1].pair == "p+/p-"]
+    assert len(rows) == 3 and (rows.lo > 0).all(), rows
+    assert (check[0].in_range >= 0.9).all(), check[0]
+
+
+@pytest.mark.slow
+@_KNOWN_DEFECT
+def test_swapping_p_plus_and_p_minus_lowers_quality(check):
+    """The swapped pair at the same dose: the CI lies below 0 at every CFG."""
+    rows = check[1][check[1].pair == "swapped"]
+    assert len(rows) == 3 and (rows.hi < 0).all(), rows
+
+
+@pytest.mark.slow
+@_KNOWN_DEFECT
+def test_a_neutral_tag_pair_finds_no_quality_change(check):
+    """Negative control: two artist tags (independent of quality in the world), dosed to the same modulation
+    length, move the quality score by an amount whose CI contains 0 at every CFG."""
+    rows = check[1][check[1].pair == "neutral"]
+    assert len(rows) == 3 and ((rows.lo <= 0) & (rows.hi >= 0)).all(), rows
