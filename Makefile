@@ -19,10 +19,15 @@ test: .venv/.installed
 	$(PY) -m pytest -q -m "not slow" tests/unit tests/integration
 
 # What `make test` leaves out: the slow unit/integration tests and the acceptance tier (the shipped toy world and
-# the committed reports). CI runs both targets.
+# the committed reports). CI runs both targets. The acceptance tier reruns the experiments into a temporary folder
+# unless $$ANIMA_PROBE_RESULTS names one that holds fresh runs (CI points it at its scratch folder).
 test-acceptance: .venv/.installed
 	$(PY) -m pytest -q -m slow tests/unit tests/integration
 	$(PY) -m pytest -q tests/acceptance
+
+# Ruff over the code, the tests and the notebooks (pyproject.toml: extend-include *.ipynb).
+lint: .venv/.installed
+	.venv/bin/ruff check anima_probe experiments benchmarks tests notebooks
 
 # Every experiment on the toy world (only the stale ones rerun), the notebooks, reports/*.md and the index.
 reports: .venv/.installed
@@ -35,4 +40,4 @@ regress: .venv/.installed
 ci:
 	.ci/run
 
-.PHONY: demo test test-acceptance reports regress ci
+.PHONY: demo test test-acceptance lint reports regress ci

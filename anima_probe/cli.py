@@ -11,6 +11,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a hub: every file is
 
 from anima_probe.pipeline import gate, report  # noqa: E402  (light modules: argument definitions of report / regress)
 
+# --dtype name -> torch dtype attribute: the one table (torch is imported only by the commands that load a model)
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, DTYPES[name])
+
 
 def _tiny(args) -> int:
     from anima_probe.model.tiny import write_tiny
@@ -24,21 +33,17 @@ def _demo(args) -> int:
     """Load a model folder (default: the bundled toy world), encode prompts, sample a grid with CFG."""
     import torch
 
-    from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
+    from anima_probe.guidance.samplers import cfg_velocity, initial_noise, sample_euler, simple_sigmas
     from anima_probe.model.anima import load_anima
     from anima_probe.model.text import encode_prompts
-    from anima_probe.pipeline.runs import new_figure, save_figure
+    from anima_probe.pipeline.figures import new_figure, save_figure
 
     anima = load_anima(args.model, with_vae=args.model is not None)
     prompts = [p.strip() for p in args.prompts.split("|")]
     tc = encode_prompts(anima, prompts + [""])
     cond, uncond = tc.crossattn_emb[:-1], tc.crossattn_emb[-1:].expand(len(prompts), -1, -1)
-    side = args.size // (8 if anima.vae is not None else 1)
-    x = torch.randn(len(prompts), anima.dit_config.in_channels, side, side,
-                    generator=torch.Generator().manual_seed(args.seed))
-
-    def velocity(x_t, sigma):
-        return cfg_combine(anima.velocity(x_t, sigma, cond), anima.velocity(x_t, sigma, uncond), args.cfg)
+    x = initial_noise(anima, len(prompts), args.size, args.seed)
+    velocity = cfg_velocity(anima.velocity, cond, uncond, args.cfg)
 
     with torch.no_grad():
         images = anima.decode(sample_euler(velocity, x, simple_sigmas(args.steps)))
@@ -69,40 +74,37 @@ def _train_toy(args) -> int:
 
 def _sample(args) -> int:
     """Mod-guided sampling: a grid of guidance weights (rows) x CFG scales (columns) into a numbered run folder."""
-    import torch
 
+    from anima_probe.guidance import families
     from anima_probe.guidance import guided as gs
+    from anima_probe.guidance.samplers import initial_noise
+    from anima_probe.guidance.schedules import Schedule
     from anima_probe.model.anima import load_anima
-    from anima_probe.pipeline.runs import git_hash, sha256_file
+    from anima_probe.model.clip import load_clip
+    from anima_probe.pipeline.provenance import git_hash, sha256_file
+    from anima_probe.pipeline.samples import grid_figure, write_sample_run
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = _torch_dtype(args.dtype)
     anima = load_anima(args.model, device=args.device, dtype=dtype, with_vae=args.model is not None)
-    source = gs.load_source(args.proj, anima)
-    family, prompts = gs.family_of(source), [p.strip() for p in args.prompts.split("|")]
-    guidance = gs.Guidance(0.0, gs.Schedule.parse(args.schedule), args.final_w,
+    source = families.load_source(args.proj, anima)
+    family, prompts = families.family_of(source), [p.strip() for p in args.prompts.split("|")]
+    guidance = gs.Guidance(0.0, Schedule.parse(args.schedule), args.final_w,
                            None if args.rows == "auto" else args.rows)
-    if family == "cosmos":
-        if not args.clip:
-            raise SystemExit("anima-probe sample: a cosmos adapter needs --clip (a CLIP-L text model file or folder)")
-        from anima_probe.model.clip import load_clip
-
-        gp = gs.prepare_cosmos(anima, source, load_clip(args.clip, device=args.device), prompts, args.pos,
-                               args.neg, args.negative)
-    else:
-        gp = gs.prepare_pooled_text(anima, source, prompts, args.pos, args.neg, args.negative)
+    clip = load_clip(args.clip, device=args.device) if args.clip and family.needs_clip else None
+    gp = gs.prepare(anima, source, prompts, args.pos, args.neg, args.negative, clip=clip)
     ws = [None if w.strip() == "off" else float(w) for w in args.w.split(",")]
     cfgs = [float(c) for c in args.cfg.split(",")]
-    noise = gs.initial_noise(anima, len(prompts), args.size, args.seed)
+    noise = initial_noise(anima, len(prompts), args.size, args.seed)
     images = gs.sample_grid(anima, gp, ws, cfgs, guidance, noise, steps=args.steps, shift=args.shift,
                             sampler=args.sampler, seed=args.seed, progress=not args.quiet)
     rows = ["no modulation" if w is None else f"w={w:g}" for w in ws]
-    fig = gs.grid_figure(images, rows, [f"CFG {c:g}" for c in cfgs])
+    fig = grid_figure(images, rows, [f"CFG {c:g}" for c in cfgs])
     settings = {k: v for k, v in vars(args).items() if k != "fn"} | {
-        "family": family, "row_policy": guidance.policy(family).value, "schedule": guidance.schedule.text(),
+        "family": family.name, "row_policy": guidance.policy(family.name).value, "schedule": guidance.schedule.text(),
         "w_values": ws, "cfg_values": cfgs, "model": anima.name, "proj_sha256": sha256_file(args.proj),
         "git": git_hash(), "grid": "rows = w (None: no modulation), columns = CFG scale, prompts side by side"}
-    run_dir = gs.write_sample_run(args.out, images, settings, fig)
-    print(f"{family} ({settings['row_policy']}, {settings['schedule']}): {len(ws)} w x {len(cfgs)} CFG x "
+    run_dir = write_sample_run(args.out, images, settings, fig)
+    print(f"{family.name} ({settings['row_policy']}, {settings['schedule']}): {len(ws)} w x {len(cfgs)} CFG x "
           f"{len(prompts)} prompts -> {run_dir}")
     return 0
 
@@ -117,7 +119,6 @@ def _list(args) -> int:
 
 
 def _run(args) -> int:
-    import torch
 
     from anima_probe.model.anima import load_anima
     from anima_probe.pipeline.experiment import discover, get, run
@@ -127,7 +128,7 @@ def _run(args) -> int:
     names = list(registry) if args.experiment == "all" else [get(args.experiment, registry).name]
     files = {k: getattr(args, k) for k in ("dit", "text_encoder", "vae", "qwen_tokenizer", "t5_tokenizer")
              if getattr(args, k)}
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = _torch_dtype(args.dtype)
     anima = load_anima(args.model, device=args.device, dtype=dtype, with_vae=False, **files)
     for name in names:
         overrides = args.overrides if args.experiment != "all" else []
@@ -142,7 +143,6 @@ def _run(args) -> int:
 
 def _distill(args) -> int:
     """Distil a modulation source (family pooled_text_proj or cosmos) from the frozen model; rerun to resume."""
-    import torch
     from accelerate import Accelerator
 
     from anima_probe.model.anima import load_anima
@@ -153,7 +153,7 @@ def _distill(args) -> int:
 
     cfg = apply_overrides(DistillConfig(), args.overrides)
     accelerator = Accelerator(cpu=args.device == "cpu")  # one process, or one per GPU under `accelerate launch`
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = _torch_dtype(args.dtype)
     anima = load_anima(args.model, device=accelerator.device, dtype=dtype, with_vae=cfg.data == "images")
     clip = load_clip(args.clip, args.clip_tokenizer, device=accelerator.device) if args.clip else None
     try:
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sample", help="modulation-guided sampling: a w x CFG grid into a numbered run folder")
     p.add_argument("--proj", required=True, help="modulation source: pooled_text_proj .safetensors or cosmos .pt")
     p.add_argument("--model", default=None, help="model folder (default: the bundled toy world)")
-    p.add_argument("--clip", default=None, help="CLIP-L text model file or folder (cosmos adapters)")
+    p.add_argument("--clip", default=None, help="CLIP-L text model file or folder (a family that reads CLIP: cosmos)")
     p.add_argument("--prompts", default="1girl, solo, @kiri_ama|scenery, landscape, no humans, @neon_yoru",
                    help="prompts separated by |")
     p.add_argument("--pos", default="absurdres, highres, masterpiece, best quality, score_7, score_8, score_9",
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     p.add_argument("--out", default="results", help="where run folders go")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_sample)
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     for role in ("dit", "text-encoder", "vae", "qwen-tokenizer", "t5-tokenizer"):
         p.add_argument(f"--{role}", default=None, help=f"the {role.replace('-', ' ')} file or folder (overrides --model)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     p.add_argument("--results", default="results", help="where run folders go")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_run)
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip", default=None, help="CLIP-L text model file or folder (family cosmos)")
     p.add_argument("--clip-tokenizer", default=None, help="CLIP tokenizer folder (default: found next to --clip)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (the process's GPU under accelerate launch)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="the frozen model's dtype")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="the frozen model's dtype")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=_distill)
     p = sub.add_parser("report", help="rerun stale experiments, execute notebooks/ -> reports/*.md + index")

@@ -11,101 +11,100 @@ only this process's work: a few percent of spread instead of tens. Wall time is 
 Size: the shipped toy model at batch 16 (128 wide, 5 blocks, 256 tokens; ~0.3 s of CPU per forward). The fixed
 cost of entering and leaving each context without any forward is measured too, in microseconds.
 
-Run: .venv/bin/python benchmarks/hook_overhead.py   (rewrites its section of reports/performance.md)
+Run: .venv/bin/python benchmarks/hook_overhead.py   (writes reports/benchmarks/hook-overhead.json)
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import os
-import random
-import statistics
-import time
-from pathlib import Path
 
 import torch
 
-from anima_probe.pipeline.runs import update_section
+from anima_probe.pipeline import benchmark_records as rec
+from anima_probe.pipeline.timing import interleaved, paired, timed
 from anima_probe.probes.hooks import capture, hooks
 
-ROOT = Path(__file__).resolve().parent.parent
+COMMAND = ".venv/bin/python benchmarks/hook_overhead.py"
+EMPTY = "`capture` of a point not hit (`crossattn_emb`)"
+TARGET = 1.02  # an empty capture may cost at most 2% of a forward
 
 
 def conditions(anima) -> dict:
     """name -> a context manager factory around one forward."""
     every_block = {f"blocks.{i}": (lambda v: v) for i in range(anima.num_blocks)}
+    every_temb = {f"blocks.{i}.temb": (lambda v: v) for i in range(anima.num_blocks)}  # where inject edits
     return {
         "no hooks": contextlib.nullcontext,
         "`hooks(anima, {})`": lambda: hooks(anima, {}),
-        "`capture` of a point not hit (`crossattn_emb`)": lambda: capture(anima, "crossattn_emb"),
+        EMPTY: lambda: capture(anima, "crossattn_emb"),
         "`capture('t_embedding_norm')` (records (B, D) once)": lambda: capture(anima, "t_embedding_norm"),
         f"identity edit on all {anima.num_blocks} block outputs": lambda: hooks(anima, every_block),
+        f"identity edit on all {anima.num_blocks} blocks' `temb` argument": lambda: hooks(anima, every_temb),
     }
 
 
 @torch.no_grad()
-def measure(anima, x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor, reps: int, seed: int = 0) -> dict:
-    conds = conditions(anima)
-    cpu, wall = {name: [] for name in conds}, {name: [] for name in conds}
-    for make in conds.values():  # warm-up, once each
-        with make():
-            anima.velocity(x, sigma, ctx)
-    order = list(conds)
-    rng = random.Random(seed)
-    for _ in range(reps):
-        rng.shuffle(order)
-        for name in order:
-            w, c = time.perf_counter(), time.thread_time()
-            with conds[name]():
+def measure(anima, x: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor, reps: int) -> dict:
+    """name -> median CPU/wall seconds and paired ratios of one forward inside the condition's context."""
+    def forward_in(make):
+        def run():
+            with make():
                 anima.velocity(x, sigma, ctx)  # (B, C, H, W)
-            cpu[name].append(time.thread_time() - c)
-            wall[name].append(time.perf_counter() - w)
-    base = cpu["no hooks"]
-    return {name: {"cpu": statistics.median(ts), "wall": statistics.median(wall[name]),
-                   "overhead": statistics.median(t / b for t, b in zip(ts, base)) - 1} for name, ts in cpu.items()}
+        return run
+
+    times = interleaved({name: forward_in(make) for name, make in conditions(anima).items()}, reps, clock="thread")
+    return paired(times, "no hooks")
 
 
 def fixed_cost(anima, n: int = 2000) -> dict[str, float]:
     """Seconds to enter and leave each context once, without a forward (registration + removal)."""
-    out = {}
-    for name, make in conditions(anima).items():
-        t = time.thread_time()
+    def enter_leave(make):
         for _ in range(n):
             with make():
                 pass
-        out[name] = (time.thread_time() - t) / n
-    return out
+
+    return {name: timed(lambda m=make: enter_leave(m), clock="thread")[0].cpu / n
+            for name, make in conditions(anima).items()}
 
 
-def main(reps: int = 20) -> None:
+def to_record(res: dict, fixed: dict, machine: dict, batch: int, reps: int, **provenance) -> rec.BenchmarkRecord:
+    """The record from the measured medians (`measure`) and fixed costs (`fixed_cost`)."""
+    rows = [[name, r["cpu_s"] * 1e3, r["wall_s"] * 1e3, (r["cpu_ratio"] - 1) * 100, fixed[name] * 1e6]
+            for name, r in res.items()]
+    table = rec.Table(f"Hook overhead on a DiT forward (target: empty capture <= {(TARGET - 1) * 100:.0f}%)",
+                  ["condition", "median CPU time", "median wall time", "overhead vs no hooks",
+                   "enter + leave, no forward"], ["{}", "{:.1f} ms", "{:.1f} ms", "{:+.1f}%", "{:.0f} us"], rows,
+                  f"Toy model (128 wide, 5 blocks), batch {batch}, 256 tokens; {reps} interleaved repetitions in "
+                  "random order. Overhead = median of paired CPU-time ratios - 1; the time includes registering and "
+                  "removing the hooks.")
+    ratios = [rec.Ratio(f"{name} / no hooks, CPU time", r["cpu_ratio"], TARGET if name == EMPTY else None)
+              for name, r in res.items() if name != "no hooks"]
+    empty = ratios[[r.label for r in ratios].index(f"{EMPTY} / no hooks, CPU time")]
+    note = (f"Empty capture overhead: {(empty.value - 1) * 100:+.1f}% ({empty.verdict()}). Its fixed cost, "
+            f"{fixed[EMPTY] * 1e6:.0f} us, is {fixed[EMPTY] / res['no hooks']['cpu_s'] * 100:.4f}% of the forward, "
+            "so the measured ratio is the timing noise of this shared CPU, not the hook.")
+    return rec.BenchmarkRecord("hook-overhead", "Hook overhead on a DiT forward", COMMAND, machine, [table], ratios,
+                           [note], **provenance)
+
+
+def main() -> None:
     from anima_probe.model.anima import load_anima
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--records", default=str(rec.RECORDS_DIR), help="where the JSON record goes")
+    args = ap.parse_args()
     torch.set_num_threads(1)
+    machine = rec.machine_info(1, "shared with other jobs; fp32")
     toy = load_anima(with_vae=False)
     gen = torch.Generator().manual_seed(0)
     b = 16
     x = torch.randn(b, 3, 32, 32, generator=gen)  # (B, C, H, W)
     sigma, ctx = torch.rand(b, generator=gen), torch.randn(b, 512, toy.dit_config.text_dim, generator=gen)
-    res = measure(toy, x, sigma, ctx, reps=reps)
-    fixed = fixed_cost(toy)
-    key = "`capture` of a point not hit (`crossattn_emb`)"
-    empty = res[key]["overhead"]
-    lines = [
-        f"Machine: {os.cpu_count()} CPU cores (shared with other jobs), 1 torch thread, torch {torch.__version__}, "
-        "fp32. Generated by `.venv/bin/python benchmarks/hook_overhead.py` (do not edit).", "",
-        "## Hook overhead on a DiT forward (target: empty capture <= 2%)",
-        f"Toy model (128 wide, 5 blocks), batch {b}, 256 tokens; {reps} interleaved repetitions in random order. "
-        "Overhead = median of paired CPU-time ratios - 1; the time includes registering and removing the hooks.", "",
-        "| condition | median CPU time | median wall time | overhead vs no hooks | enter + leave, no forward |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [f"| {name} | {r['cpu'] * 1e3:.1f} ms | {r['wall'] * 1e3:.1f} ms | {r['overhead'] * 100:+.1f}% | "
-              f"{fixed[name] * 1e6:.0f} us |" for name, r in res.items()]
-    lines += ["", f"Empty capture overhead: {empty * 100:+.1f}% ({'target met' if empty <= 0.02 else 'target NOT met'}). "
-              f"Its fixed cost, {fixed[key] * 1e6:.0f} us, is {fixed[key] / res['no hooks']['cpu'] * 100:.4f}% of "
-              "the forward, so the measured ratio is the timing noise of this shared CPU, not the hook."]
-    update_section(ROOT / "reports" / "performance.md", "hook-overhead", "\n".join(lines))
-    print("\n".join(lines))
+    record = to_record(measure(toy, x, sigma, ctx, args.reps), fixed_cost(toy), machine, b, args.reps)
+    print(record.markdown())
+    print(f"wrote {rec.write_record(record, args.records)}")
 
 
 if __name__ == "__main__":

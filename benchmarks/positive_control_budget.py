@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from anima_probe.model.anima import Anima
-from anima_probe.pipeline.runs import atomic_write_text
+from anima_probe.pipeline.atomic import atomic_write_text
 from anima_probe.toyworld import train as toy
 from anima_probe.training import loop as training
 

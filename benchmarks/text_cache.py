@@ -11,24 +11,26 @@ slower in wall time in an earlier run (145 s vs 6 s), which would flatter the ca
 So torch runs on one thread and the clock is this process's CPU time (`time.process_time`, user + system, disk
 reads included); wall time is reported beside it.
 
-Run: .venv/bin/python benchmarks/text_cache.py   (rewrites its section of reports/performance.md)
+Run: .venv/bin/python benchmarks/text_cache.py   (writes reports/benchmarks/text-cache.json)
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from anima_probe.pipeline.runs import update_section
+from anima_probe.pipeline import benchmark_records as rec
+from anima_probe.pipeline.timing import timed
 
-ROOT = Path(__file__).resolve().parent.parent
+COMMAND = ".venv/bin/python benchmarks/text_cache.py"
+TARGET = 20.0  # a warm rerun should be at least 20x faster than a cold one
 N_CAPTIONS = 1000
 
 
@@ -40,18 +42,11 @@ def toy_captions(n: int, seed: int = 2024) -> list[str]:
     return [caption_for(f["artist"], f["content"], f["quality"], f["resolution"], rng) for f in sample_factors(n, seed)]
 
 
-def _timed(fn) -> tuple[tuple[float, float], object]:
-    """((CPU seconds, wall seconds), fn())."""
-    c, w = time.process_time(), time.perf_counter()
-    out = fn()
-    return (time.process_time() - c, time.perf_counter() - w), out
-
-
 def time_pooled(anima, captions: list[str], root: Path) -> dict:
     from anima_probe.pipeline.cache import EmbeddingCache
 
-    cold, first = _timed(lambda: EmbeddingCache(root, anima).pooled(captions, progress=False))
-    warm, second = _timed(lambda: EmbeddingCache(root, anima).pooled(captions, progress=False))
+    cold, first = timed(lambda: EmbeddingCache(root, anima).pooled(captions, progress=False))
+    warm, second = timed(lambda: EmbeddingCache(root, anima).pooled(captions, progress=False))
     same = all(torch.equal(first[k], second[k]) for k in first)
     return {"cold": cold, "warm": warm, "same": same}
 
@@ -72,8 +67,8 @@ def time_experiments(anima, root: Path, overrides: dict[str, list[str]] | None =
         extra = (overrides or {}).get(name, [])
         run = functools.partial(experiment.run, name, extra, anima=anima, results=root / "results",
                                 cache_dir=root / f"exp-{name}", progress=False, registry=registry)
-        cold, _ = _timed(run)
-        warm, _ = _timed(run)
+        cold, _ = timed(run)
+        warm, _ = timed(run)
         out.append({"name": name, "version": exp.version, "cold": cold, "warm": warm, "overrides": extra})
     return out
 
@@ -94,7 +89,7 @@ def full_text_side_folder(out: Path) -> Path:
     from anima_probe.model.anima import default_model_dir
     from anima_probe.model.dit_file import (
         ADAPTER_PREFIX,
-        AdapterConfig,
+        ANIMA_ADAPTER,
         DiTConfig,
         adapter_layout,
         dit_layout,
@@ -112,21 +107,58 @@ def full_text_side_folder(out: Path) -> Path:
                     in_channels=16, out_channels=16, patch=2)
     g = torch.Generator().manual_seed(0)
     state = random_tensors(dit_layout(dit), g)
-    adapter = AdapterConfig(1024, 1024, 6, 64, 4096, 32128)  # ANIMA.md §1
-    state.update({ADAPTER_PREFIX + k: v for k, v in random_tensors(adapter_layout(adapter), g).items()})
+    state.update({ADAPTER_PREFIX + k: v for k, v in random_tensors(adapter_layout(ANIMA_ADAPTER), g).items()})
     write_dit_file(out / "diffusion_models" / "anima-fulltext-random.safetensors",
                    {k: v.to(torch.bfloat16) for k, v in state.items()}, "net.")
     return out
 
 
-def _fmt(t: tuple[float, float]) -> str:
-    return f"{t[0]:.3g} s ({t[1]:.3g} s)"
+def _row(label: list, cold, warm) -> list:
+    ratio = cold.cpu / warm.cpu
+    return [*label, [cold.cpu, cold.wall], [warm.cpu, warm.wall], [ratio, "met" if ratio >= TARGET else "NOT met"]]
+
+
+def to_record(captions: list[str], pooled: dict, runs: list[dict], full_runs: list[dict], machine: dict,
+              **provenance) -> rec.BenchmarkRecord:
+    """The record from `time_pooled` and the two `time_experiments` lists (toy model, full-size text side)."""
+    time, ratio = "{:.3g} s ({:.3g} s)", "{:.3g}x ({})"
+    toy = rec.Table(f"Embedding cache: cold vs warm (shipped toy model, {len(captions):,} toy-world captions, "
+                f"{len(set(captions)):,} distinct)", ["what", "cold CPU s (wall)", "warm CPU s (wall)",
+                                                      f"cold / warm, CPU time (target >= {TARGET:g}x)"],
+                ["{}", time, time, ratio],
+                [_row(["`EmbeddingCache.pooled` (10 pooled vectors per caption)"], pooled["cold"], pooled["warm"])]
+                + [_row([f"whole `experiment.run('{r['name']}')` v{r['version']}, default config"], r["cold"],
+                        r["warm"]) for r in runs])
+    full = rec.Table("Whole text experiments with a full-size text side (random Qwen3-0.6B + adapter, bf16, toy caption "
+                 "sets)", ["experiment", "overrides", "cold CPU s (wall)", "warm CPU s (wall)",
+                           f"cold / warm (target >= {TARGET:g}x)"], ["{}", "{}", time, time, ratio],
+                 [_row([f"`{r['name']}` v{r['version']}", " ".join(r["overrides"]) or "defaults"], r["cold"],
+                       r["warm"]) for r in full_runs])
+    ratios = [rec.Ratio(f"toy model: {row[0]}, cold / warm CPU time", row[-1][0], TARGET, "higher") for row in toy.rows]
+    ratios += [rec.Ratio(f"full-size text side: {row[0]}, cold / warm CPU time", row[-1][0], TARGET, "higher")
+               for row in full.rows]
+    notes = [f"Warm vectors equal the cold ones bit for bit: {pooled['same']}. Cold includes hashing the model files "
+             "for the cache key; both exclude model loading (done once). "
+             + ("No text experiment (`needs_dit=False`) was found." if not runs else
+                "pooling-nmi's per-pooling statistics (KMeans fits, bootstrap, permutation null) are also kept, "
+                "keyed by the pooled vectors' values, the config and the statistics' code (`Context.memoized`); the "
+                "quality experiments' nulls are plain numpy on the pooled table and are recomputed."),
+             "On the toy model encoding costs little more than reading the cache, so whole runs there are dominated by "
+             "the fixed costs of a run (figures, tables, writing the run folder). The full-size table is the case a "
+             "user without a GPU meets: there the cold run pays for encoding every caption, which the warm rerun "
+             "skips."]
+    return rec.BenchmarkRecord("text-cache", "Text experiments rerun from the embedding cache: cold vs warm", COMMAND,
+                           machine, [toy, full], ratios, notes, **provenance)
 
 
 def main() -> None:
     from anima_probe.model.anima import load_anima
 
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", default=str(rec.RECORDS_DIR), help="where the JSON record goes")
+    args = ap.parse_args()
     torch.set_num_threads(1)
+    machine = rec.machine_info(1, "shared with other jobs")
     captions = toy_captions(N_CAPTIONS)
     with tempfile.TemporaryDirectory() as d:
         os.environ["ANIMA_PROBE_CACHE"] = d  # the file-hash memo starts empty too
@@ -136,38 +168,9 @@ def main() -> None:
         del anima
         full = load_anima(full_text_side_folder(Path(d) / "fulltext"), dtype=torch.bfloat16, with_vae=False)
         full_runs = time_experiments(full, Path(d) / "full", FULL_SIZE_OVERRIDES)
-    ratio = pooled["cold"][0] / pooled["warm"][0]
-    lines = [
-        f"Machine: {os.cpu_count()} CPU cores (shared with other jobs), 1 torch thread, "
-        f"torch {torch.__version__}. Generated by `.venv/bin/python benchmarks/text_cache.py` (do not edit).", "",
-        f"## Embedding cache: cold vs warm (shipped toy model, {len(captions):,} toy-world captions, "
-        f"{len(set(captions)):,} distinct)",
-        "| what | cold CPU s (wall) | warm CPU s (wall) | cold / warm, CPU time (target >= 20x) |", "|---|---|---|---|",
-        f"| `EmbeddingCache.pooled` (10 pooled vectors per caption) | {_fmt(pooled['cold'])} | "
-        f"{_fmt(pooled['warm'])} | {ratio:.0f}x {'(met)' if ratio >= 20 else '(NOT met)'} |",
-    ]
-    for r in runs:
-        rr = r["cold"][0] / r["warm"][0]
-        lines.append(f"| whole `experiment.run('{r['name']}')` v{r['version']}, default config | {_fmt(r['cold'])} | "
-                     f"{_fmt(r['warm'])} | {rr:.1f}x {'(met)' if rr >= 20 else '(NOT met)'} |")
-    lines += ["", "## Whole text experiments with a full-size text side (random Qwen3-0.6B + adapter, bf16, "
-              "toy caption sets)", "| experiment | overrides | cold CPU s (wall) | warm CPU s (wall) | cold / warm "
-              "(target >= 20x) |", "|---|---|---|---|---|"]
-    for r in full_runs:
-        rr = r["cold"][0] / r["warm"][0]
-        lines.append(f"| `{r['name']}` v{r['version']} | {' '.join(r['overrides']) or 'defaults'} | {_fmt(r['cold'])} | "
-                     f"{_fmt(r['warm'])} | {rr:.1f}x {'(met)' if rr >= 20 else '(NOT met)'} |")
-    lines += ["", f"Warm vectors equal the cold ones bit for bit: {pooled['same']}. Cold includes hashing the model "
-              "files for the cache key; both exclude model loading (done once). "
-              + ("No text experiment (`needs_dit=False`) was found." if not runs else
-                 "pooling-nmi's per-pooling statistics (KMeans fits, bootstrap, permutation null) are also kept, "
-                 "keyed by the pooled vectors' values, the config and the statistics' code (`Context.memoized`); "
-                 "the quality experiments' nulls are plain numpy on the pooled table and are recomputed."),
-              "", "On the toy model encoding costs little more than reading the cache, so whole runs there are "
-              "dominated by the fixed costs of a run (figures, tables, writing the run folder). The full-size table is the case a user without a GPU meets: there "
-              "the cold run pays for encoding every caption, which the warm rerun skips."]
-    update_section(ROOT / "reports" / "performance.md", "text-cache", "\n".join(lines))
-    print("\n".join(lines))
+    record = to_record(captions, pooled, runs, full_runs, machine)
+    print(record.markdown())
+    print(f"wrote {rec.write_record(record, args.records)}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Benchmark: how fast does this CPU turn captions into `crossattn_emb` with a full-size Qwen3-0.6B + LLM adapter?
 
-Both models are full size with random weights (no weights are downloaded): Qwen3-0.6B Base dims (ANIMA.md §5: 28
-layers, hidden 1024, 16 q / 8 kv heads, head_dim 128, vocab 151,936, tied embeddings; MLP 3,072 from the published
-Qwen3-0.6B config, which ANIMA.md does not list) and the 6-layer adapter (`AdapterConfig` of ANIMA.md §1).
+Both models are full size with random weights (no weights are downloaded): Qwen3-0.6B Base dims (docs/anima.md,
+"Text path": 28 layers, hidden 1024, 16 q / 8 kv heads, head_dim 128, MLP 3,072, vocab 151,936, tied embeddings)
+and the 6-layer adapter (`ANIMA_ADAPTER`, docs/anima.md "Architecture and dimensions").
 Speed does not depend on the weight values. The project's own path runs: `text.qwen_states` then `text.crossattn`,
 length-bucketed batches as `text.encode_prompts` makes them.
 
@@ -17,22 +17,21 @@ this script (2 torch threads competing with other jobs' threads). So torch runs 
 thread's CPU time (`time.thread_time`), which counts this process's work only; wall time is reported beside it.
 Two idle cores would at best halve the 1-thread time.
 
-Run: .venv/bin/python benchmarks/text_encoding.py   (rewrites its section of reports/performance.md)
+Run: .venv/bin/python benchmarks/text_encoding.py   (writes reports/benchmarks/text-encoding.json)
 """
 
 from __future__ import annotations
 
-import os
+import argparse
 import resource
-import time
-from pathlib import Path
 
 import torch
 
 from anima_probe.model.text import PromptTokens, crossattn, qwen_states
-from anima_probe.pipeline.runs import update_section
+from anima_probe.pipeline import benchmark_records as rec
+from anima_probe.pipeline.timing import timed
 
-ROOT = Path(__file__).resolve().parent.parent
+COMMAND = ".venv/bin/python benchmarks/text_encoding.py"
 N_PROJECT = 1416
 LENGTHS = (40, 120)  # Qwen tokens per caption, inclusive
 BATCHES_TIMED = {1: 4, 16: 2}  # batch size -> batches timed, evenly spaced through the length-sorted set
@@ -51,9 +50,9 @@ def qwen3_06b() -> torch.nn.Module:
 
 def full_adapter() -> torch.nn.Module:
     from anima_probe.model.anima import build_adapter
-    from anima_probe.model.dit_file import AdapterConfig
+    from anima_probe.model.dit_file import ANIMA_ADAPTER
 
-    return build_adapter(AdapterConfig(1024, 1024, 6, 64, 4096, 32128), meta=False).eval()
+    return build_adapter(ANIMA_ADAPTER, meta=False).eval()
 
 
 def token_batches(n: int, batch: int, seed: int, take: int | None = None) -> list[PromptTokens]:
@@ -87,13 +86,39 @@ def throughput(qwen, adapter, batch: int, take: int) -> tuple[int, float, float]
     """(captions timed, captions per CPU second, captions per wall second) on `take` batches of a 1,416 set."""
     batches = token_batches(N_PROJECT, batch, seed=0, take=take)
     n = sum(len(t.qwen_ids) for t in batches)
-    w, c = time.perf_counter(), time.thread_time()
-    encode(qwen, adapter, batches)
-    return n, n / (time.thread_time() - c), n / (time.perf_counter() - w)
+    took, _ = timed(lambda: encode(qwen, adapter, batches), clock="thread")
+    return n, n / took.cpu, n / took.wall
+
+
+def to_record(rows: list[tuple], params: tuple[int, int], peak: int, machine: dict, **provenance) -> rec.BenchmarkRecord:
+    """`rows` = (dtype, batch, captions timed, captions / CPU s, captions / wall s); `params` = (Qwen3, adapter)."""
+    fp32 = {b: r for d, b, _, r, _ in rows if d == "float32"}
+    table = rec.Table("Text encoding throughput: full-size Qwen3-0.6B + LLM adapter, random weights, CPU",
+                  ["dtype", "batch", "captions timed", "captions / CPU s", "(captions / wall s)", "vs fp32 same batch",
+                   f"projected CPU time for {N_PROJECT:,} (1 thread)"],
+                  ["{}", "{}", "{}", "{:.3f}", "({:.3f})", "{:.2f}x", "{:.0f} min"],
+                  [[d, b, n, r, rw, r / fp32[b], N_PROJECT / r / 60] for d, b, n, r, rw in rows],
+                  f"Qwen3 {params[0] / 1e6:.0f}M params, adapter {params[1] / 1e6:.0f}M params; synthetic captions of "
+                  f"{LENGTHS[0]}-{LENGTHS[1]} Qwen tokens (uniform; the toy tokenizers cannot give real Anima lengths), "
+                  f"T5 side length + 1, length-bucketed batches. Peak RSS of the whole run: {peak / 1e9:.2f} GB.")
+    by = {(d, b): r for d, b, _, r, _ in rows}
+    ratios = [rec.Ratio(f"bfloat16 / float32 captions per CPU second, batch {b}", by["bfloat16", b] / by["float32", b])
+              for b in BATCHES_TIMED]
+    ratios += [rec.Ratio(f"{d}: batch 16 / batch 1 captions per CPU second", by[d, 16] / by[d, 1])
+               for d in ("float32", "bfloat16")]
+    notes = ["Ratios and projections use CPU time from this one run, after a warm-up batch per dtype. Batch 16 vs "
+             f"batch 1: fp32 {by['float32', 16] / by['float32', 1]:.2f}x, bf16 {by['bfloat16', 16] / by['bfloat16', 1]:.2f}x "
+             "(on one thread a single ~80-token caption already fills the matmuls). This CPU (AMD EPYC) has "
+             "avx512_bf16, hence bf16 faster than fp32."]
+    return rec.BenchmarkRecord("text-encoding", "Text encoding throughput with a full-size text side", COMMAND, machine,
+                           [table], ratios, notes, **provenance)
 
 
 def main() -> None:
-    load = os.getloadavg()[0]
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", default=str(rec.RECORDS_DIR), help="where the JSON record goes")
+    args = ap.parse_args()
+    machine = rec.machine_info(1, "shared with other jobs")  # the load average is read before any work starts
     torch.set_num_threads(1)
     torch.manual_seed(0)
     qwen, adapter = qwen3_06b(), full_adapter()
@@ -107,28 +132,9 @@ def main() -> None:
             rows.append((str(dtype).split(".")[1], batch, *throughput(qwen, adapter, batch, take)))
             print(rows[-1], flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    fp32 = {b: r for d, b, _, r, _ in rows if d == "float32"}
-    lines = [
-        f"Machine: {os.cpu_count()} CPU cores shared with other jobs (1-min load average {load:.1f} at the start), "
-        f"1 torch thread, torch {torch.__version__}. Generated by "
-        "`.venv/bin/python benchmarks/text_encoding.py` (do not edit).", "",
-        "## Text encoding throughput: full-size Qwen3-0.6B + LLM adapter, random weights, CPU",
-        f"Qwen3 {params[0] / 1e6:.0f}M params, adapter {params[1] / 1e6:.0f}M params; synthetic captions of "
-        f"{LENGTHS[0]}-{LENGTHS[1]} Qwen tokens (uniform; the toy tokenizers cannot give real Anima lengths), T5 "
-        "side length + 1, length-bucketed batches. Peak RSS of the whole run: "
-        f"{peak / 1e9:.2f} GB.", "",
-        f"| dtype | batch | captions timed | captions / CPU s | (captions / wall s) | vs fp32 same batch | "
-        f"projected CPU time for {N_PROJECT:,} (1 thread) |", "|---|---|---|---|---|---|---|",
-    ]
-    lines += [f"| {d} | {b} | {n} | {r:.3f} | ({rw:.3f}) | {r / fp32[b]:.2f}x | {N_PROJECT / r / 60:.0f} min |"
-              for d, b, n, r, rw in rows]
-    by = {(d, b): r for d, b, _, r, _ in rows}
-    lines += ["", "Ratios and projections use CPU time from this one run, after a warm-up batch per dtype. Batch 16 "
-              f"vs batch 1: fp32 {by['float32', 16] / by['float32', 1]:.2f}x, bf16 "
-              f"{by['bfloat16', 16] / by['bfloat16', 1]:.2f}x (on one thread a single ~80-token caption already "
-              "fills the matmuls). This CPU (AMD EPYC) has avx512_bf16, hence bf16 faster than fp32."]
-    update_section(ROOT / "reports" / "performance.md", "text-encoding", "\n".join(lines))
-    print("\n".join(lines))
+    record = to_record(rows, params, peak, machine)
+    print(record.markdown())
+    print(f"wrote {rec.write_record(record, args.records)}")
 
 
 if __name__ == "__main__":

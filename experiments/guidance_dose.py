@@ -19,23 +19,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from anima_probe.guidance import dose
-from anima_probe.guidance.guided import (
-    DEFAULT_POLICY,
-    Schedule,
-    family_of,
-    grid_figure,
-    initial_noise,
-    load_source,
-    prepare_cosmos,
-    prepare_pooled_text,
-)
-from anima_probe.guidance.modulation import COSMOS
-from anima_probe.guidance.sources import CFGRowPolicy
+from anima_probe.guidance import dose, families
+from anima_probe.guidance.eq3 import CFGRowPolicy
+from anima_probe.guidance.guided import prepare
+from anima_probe.guidance.samplers import initial_noise
+from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.clip import load_clip
 from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.manifests import load_prompt_sets
-from anima_probe.pipeline.runs import REPO_ROOT, sha256_file
+from anima_probe.pipeline.provenance import REPO_ROOT, sha256_file
+from anima_probe.pipeline.samples import grid_figure
 
 SHIPPED = {"projection": "data/toyworld/pooled_text_proj.safetensors",
            "cosmos_adapter": "data/toyworld/cosmos_pooled_adapter.safetensors", "clip": "data/toyworld/model/clip"}
@@ -44,9 +37,9 @@ SHIPPED = {"projection": "data/toyworld/pooled_text_proj.safetensors",
 @dataclass(frozen=True)
 class GuidanceDoseConfig:
     seed: int = 0  # initial noise: row r of every cell starts from the same draw (paired comparisons)
-    projection: str = "auto"  # family (a) file; auto: the shipped one; none: skip (a)
-    cosmos_adapter: str = "auto"  # family (b) file; auto: the shipped one *if it exists*; none: skip (b)
-    clip: str = "auto"  # CLIP text model (file or folder) for family (b)
+    projection: str = "auto"  # a file of any family; auto: the shipped pooled_text_proj; none: skip it
+    cosmos_adapter: str = "auto"  # a second file; auto: the shipped cosmos adapter *if it exists*; none: skip it
+    clip: str = "auto"  # CLIP text model (file or folder), for a family that reads CLIP (cosmos)
     prompt_variant: str = "proposal"  # p+ / p-: the proposal's, or a variant of data/manifests/guidance_prompts
     prompts: int = 4  # toy prompts (content + artist)
     seeds: int = 2  # noise draws per prompt: rows = prompts x seeds
@@ -80,14 +73,17 @@ def _sources(ctx: Context, cfg: GuidanceDoseConfig) -> tuple[list, str]:
     """[(source, clip or None)] and a csv of the files used with their sha256 (the run record hashes only the
     model's own files, so this is what ties the numbers to these projections)."""
     sources, files = [], []
-    if (proj := _path(cfg.projection, "projection", optional=False)) is not None:
-        sources.append((load_source(proj, ctx.anima), None))
-        files.append(("projection", proj))
-    if (adapter := _path(cfg.cosmos_adapter, "cosmos_adapter", optional=True)) is not None:
-        clip_path = _path(cfg.clip, "clip", optional=False)
-        sources.append((load_source(adapter, ctx.anima), load_clip(clip_path, device=ctx.anima.device)))
-        clip_files = [clip_path] if clip_path.is_file() else sorted(p for p in clip_path.rglob("*") if p.is_file())
-        files += [("cosmos_adapter", adapter)] + [("clip", p) for p in clip_files]
+    for key, optional in (("projection", False), ("cosmos_adapter", True)):
+        if (path := _path(getattr(cfg, key), key, optional)) is None:
+            continue
+        source, clip = families.load_source(path, ctx.anima), None
+        files.append((key, path))
+        if families.family_of(source).needs_clip:
+            clip_path = _path(cfg.clip, "clip", optional=False)
+            clip = load_clip(clip_path, device=ctx.anima.device)
+            files += [("clip", p) for p in ([clip_path] if clip_path.is_file() else sorted(clip_path.rglob("*")))
+                      if p.is_file()]
+        sources.append((source, clip))
     if not sources:
         raise ValueError("no modulation source: projection and cosmos_adapter are both none or absent")
     rows = [f"{role},{p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p},{sha256_file(p)}"
@@ -96,7 +92,7 @@ def _sources(ctx: Context, cfg: GuidanceDoseConfig) -> tuple[list, str]:
 
 
 def _policies(family: str, cfg: GuidanceDoseConfig) -> tuple[CFGRowPolicy, CFGRowPolicy | None]:
-    own = DEFAULT_POLICY[family] if cfg.row_policy == "own" else CFGRowPolicy(cfg.row_policy)
+    own = families.get(family).default_policy if cfg.row_policy == "own" else CFGRowPolicy(cfg.row_policy)
     if cfg.contrast_policy == "none":
         return own, None
     return own, dose.CONTRAST_POLICY[own] if cfg.contrast_policy == "auto" else CFGRowPolicy(cfg.contrast_policy)
@@ -110,23 +106,19 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     variants = {"proposal": guidance} | guidance["variants"]
     if cfg.prompt_variant not in variants:
         raise KeyError(f"prompt_variant={cfg.prompt_variant!r}: choose from {sorted(variants)}")
-    pair = variants[cfg.prompt_variant]
-    pos, neg = pair["positive"], pair["negative"]
-    base = dose.toy_prompts(cfg.prompts)
-    prompts = [p for _ in range(cfg.seeds) for p in base]  # row r: prompt r % prompts, noise row r
+    pos, neg = variants[cfg.prompt_variant]["positive"], variants[cfg.prompt_variant]["negative"]
+    prompts = dose.toy_prompts(cfg.prompts) * cfg.seeds  # row r: prompt r % prompts, noise row r
     noise = initial_noise(ctx.anima, len(prompts), cfg.size, cfg.seed)  # (B, C, h, w)
     sources, source_files = _sources(ctx, cfg)
     frames, metrics, figures, jitter = [], {}, {}, ["family,cfg,w0_batch_max_abs_diff"]
     bar = tqdm(total=len(sources) * len(cfg.cfgs), desc="guidance-dose", disable=not ctx.progress)
     pplus, pplus_images = dose.prompt_baseline(ctx.anima, prompts, pos, cfg.negative, sweep, noise)
     for source, clip in sources:
-        fam = family_of(source)
-        gp = (prepare_cosmos(ctx.anima, source, clip, prompts, pos, neg, cfg.negative) if fam == COSMOS else
-              prepare_pooled_text(ctx.anima, source, prompts, pos, neg, cfg.negative))
+        fam = families.family_of(source).name
+        gp = prepare(ctx.anima, source, prompts, pos, neg, cfg.negative, clip=clip)
         policies = _policies(fam, cfg)
         df, checks, images = dose.sample_source(ctx.anima, gp, sweep, *policies, noise, progress=bar)
         df.insert(0, "family", fam)
-        checks["delta_rel_norm"] = float(gp.delta.norm() / gp.base_cond.norm(dim=-1).mean())
         # GEMM rounding at another batch size (~1e-6, machine- and thread-dependent): reported, never gated
         jitter += [f"{fam},{k.split('/cfg')[1]},{checks.pop(k):.6g}" for k in list(checks) if "w0_batch" in k]
         metrics |= {f"{fam}/{k}": v for k, v in dose.family_metrics(df, checks, policies, cfg.cfgs, cfg.n_boot,
@@ -134,14 +126,12 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
         frames.append(df)
         k = slice(0, min(cfg.grid_columns, len(prompts)))
         rows = torch.cat([images[:1, :, k], pplus_images[None, :, k], images[1:, :, k]])  # (R, C, b, 3, H, W)
-        labels = ["plain", "p+ in prompt"] + [f"w={w:g}" for w in cfg.ws]
-        figures[f"grid_{fam}"] = grid_figure(rows, labels, [f"CFG {c:g}" for c in cfg.cfgs])
+        figures[f"grid_{fam}"] = grid_figure(rows, ["plain", "p+ in prompt"] + [f"w={w:g}" for w in cfg.ws],
+                                             [f"CFG {c:g}" for c in cfg.cfgs])
     bar.close()
     pplus.insert(0, "family", "none")
-    for c in cfg.cfgs:  # against the plain rows of one family (the plain model is the same for every family)
-        mean, lo, hi = dose.arm_effect(pd.concat([frames[0], pplus]), "p_plus_prompt", c, cfg.n_boot, cfg.seed)
-        metrics |= {f"p_plus_prompt/effect/cfg{c:g}": mean, f"p_plus_prompt/effect_lo/cfg{c:g}": lo,
-                    f"p_plus_prompt/effect_hi/cfg{c:g}": hi}
+    # against the plain rows of one family (the plain model is the same for every family)
+    metrics |= dose.prompt_metrics(frames[0], pplus, cfg.cfgs, cfg.n_boot, cfg.seed)
     df = pd.concat(frames + [pplus], ignore_index=True)
     df["prompt"] = [prompts[r] for r in df.row]
     figures["dose_response"] = dose.dose_figure(df, cfg.cfgs, cfg.n_boot, cfg.seed)
@@ -153,11 +143,6 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
 
 
 EXPERIMENT = Experiment(
-    name="guidance-dose",
-    version="2",
+    name="guidance-dose", version="2", config=GuidanceDoseConfig, fn=guidance_dose, needs_dit=True,
     question="Does modulation guidance with the proposal's quality p+/p- raise the toy quality score with its weight, "
-    "at every CFG scale, and is w = 0 exactly the base model?",
-    config=GuidanceDoseConfig,
-    fn=guidance_dose,
-    needs_dit=True,
-)
+    "at every CFG scale, and is w = 0 exactly the base model?")

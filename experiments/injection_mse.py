@@ -29,8 +29,8 @@ from anima_probe.model.flow import add_noise
 from anima_probe.model.text import encode_prompts
 from anima_probe.pipeline.cache import EmbeddingCache
 from anima_probe.pipeline.experiment import Context, Experiment, Result
+from anima_probe.pipeline.figures import new_figure
 from anima_probe.pipeline.manifests import load_prompt_sets
-from anima_probe.pipeline.runs import new_figure
 from anima_probe.probes.sensitivity import (
     INJECTION_POINTS,
     base_velocity,

@@ -16,8 +16,9 @@ import numpy as np
 
 from anima_probe.pipeline.cache import SOURCES
 from anima_probe.pipeline.experiment import Context, Experiment, Result
+from anima_probe.pipeline.figures import new_figure
 from anima_probe.pipeline.manifests import read_caption_set, split_tags
-from anima_probe.pipeline.runs import REPO_ROOT, new_figure
+from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.probes.directions import pooled_table
 from anima_probe.probes.pooling import STRATEGIES
 from anima_probe.probes.stats import bootstrap_ci, empirical_p, kmeans_nmi, nmi, permutation_null

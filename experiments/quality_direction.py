@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from anima_probe.pipeline.experiment import Context, Experiment, Result
+from anima_probe.pipeline.figures import new_figure
 from anima_probe.pipeline.manifests import load_prompt_sets
-from anima_probe.pipeline.runs import new_figure
 from anima_probe.probes.directions import (
     check_poolings,
     compose,

@@ -24,7 +24,7 @@ import torch
 from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
 from anima_probe.model.text import encode_prompts
 from anima_probe.pipeline.experiment import Context, Experiment, Result
-from anima_probe.pipeline.runs import new_figure
+from anima_probe.pipeline.figures import new_figure
 from anima_probe.toyworld import positive_control as pc
 from anima_probe.toyworld.classifier import chance_level, fit_factor_classifier
 from anima_probe.toyworld.scorer import in_range, quality_score, validity

@@ -29,12 +29,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anima_probe.guidance.guided import Cell, Guidance, GuidedPrompts, Schedule, sample_cells
-from anima_probe.guidance.modulation import COSMOS, Modulation, inject
-from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
-from anima_probe.guidance.sources import CFGRowPolicy
+from anima_probe.guidance import families
+from anima_probe.guidance.eq3 import CFGRowPolicy
+from anima_probe.guidance.guided import Cell, Guidance, GuidedPrompts, sample_cells
+from anima_probe.guidance.modulation import Modulation, inject
+from anima_probe.guidance.samplers import cfg_velocity, sample_euler, simple_sigmas
+from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.text import encode_prompts
-from anima_probe.pipeline.runs import new_figure
+from anima_probe.pipeline.figures import new_figure
 from anima_probe.probes.stats import bootstrap_ci
 from anima_probe.toyworld.scorer import quality_score
 from anima_probe.toyworld.world import ARTISTS, CONTENT_TAGS, CONTENT_TYPES
@@ -80,17 +82,10 @@ def scores(images: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def reference_sample(anima, cond_ctx: torch.Tensor, uncond_ctx: torch.Tensor, modulation: Modulation | None,
                      cfg: float, noise: torch.Tensor, sweep: Sweep) -> torch.Tensor:
-    """Images (B, 3, H, W) from a plain Euler/CFG loop written here, independent of ``sample_cells``: the DiT called
-    on [cond; uncond] rows (cond rows only at CFG 1) under ``modulation`` (rows to match), or none."""
-    ctx = cond_ctx if cfg == 1.0 else torch.cat([cond_ctx, uncond_ctx])  # (R, 512, Dt)
-    B = cond_ctx.shape[0]
-
-    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        if cfg == 1.0:
-            return anima.velocity(x, sigma[:1], ctx)
-        v = anima.velocity(torch.cat([x, x]), sigma[:1], ctx).float()  # (2B, C, h, w)
-        return cfg_combine(v[:B], v[B:], cfg)
-
+    """Images (B, 3, H, W) from a plain Euler loop written here, independent of ``sample_cells`` (no cells, no Eq. 3
+    vectors): the samplers' CFG velocity under ``modulation`` (rows to match: [cond; uncond], or cond only at CFG
+    1), or none."""
+    velocity = cfg_velocity(anima.velocity, cond_ctx, uncond_ctx, cfg)
     with inject(anima, modulation) if modulation is not None else contextlib.nullcontext():
         x = sample_euler(velocity, noise.to(anima.device), simple_sigmas(sweep.steps, sweep.shift), disable=True)
     return anima.decode(x)
@@ -98,14 +93,14 @@ def reference_sample(anima, cond_ctx: torch.Tensor, uncond_ctx: torch.Tensor, mo
 
 def base_modulation(gp: GuidedPrompts, policy: CFGRowPolicy, schedule: Schedule, num_blocks: int,
                     cfg: float) -> Modulation:
-    """The base-projection model by hand: each row's own ``P(prompt)`` (uncond rows: the policy's base), on every
-    block and the final layer (pooled_text_proj), or ``scales[i] * P`` on the schedule's blocks (cosmos)."""
+    """The base-projection model by hand: each row's own ``P(prompt)`` (uncond rows: the policy's base), laid out
+    as the family lays out a vector (pooled_text_proj: every block and the final layer; cosmos: ``scales[i] * P``
+    on the schedule's blocks), with no weight, delta or Eq. 3 arithmetic."""
     uncond = gp.base_cond if policy is CFGRowPolicy.BOTH else gp.base_uncond[policy.value]
     rows = gp.base_cond if cfg == 1.0 else torch.cat([gp.base_cond, uncond])  # (R, W)
-    if gp.family == COSMOS:
-        active = schedule.active(num_blocks)
-        return Modulation(COSMOS, tuple(gp.scales[i] * rows if active[i] else None for i in range(num_blocks)))
-    return Modulation(gp.family, (rows,) * num_blocks, rows)
+    fam = families.get(gp.family)
+    blocks = fam.block_vectors(lambda i: rows, num_blocks, schedule.active(num_blocks), gp.scales)
+    return Modulation(gp.family, blocks, rows if fam.final_arg is not None else None)
 
 
 def head(gp: GuidedPrompts, k: int) -> GuidedPrompts:
@@ -166,6 +161,7 @@ def sample_source(anima, gp: GuidedPrompts, sweep: Sweep, policy: CFGRowPolicy, 
         grid.append(images[: 1 + len(ws)])
         if progress is not None:
             progress.update(1)
+    checks["delta_rel_norm"] = float(gp.delta.norm() / gp.base_cond.norm(dim=-1).mean())
     return pd.concat(frames, ignore_index=True), checks, torch.stack(grid, dim=1)
 
 
@@ -251,6 +247,17 @@ def arm_effect(df: pd.DataFrame, arm: str, cfg: float, n_boot: int, seed: int, *
     if policy is not None:
         sel &= (df.policy == policy) & (df.w == w)
     return paired_effect(df[sel].sort_values("row").score.to_numpy() - plain, n_boot, seed)
+
+
+def prompt_metrics(plain: pd.DataFrame, pplus: pd.DataFrame, cfgs: Sequence[float], n_boot: int,
+                   seed: int) -> dict[str, float]:
+    """The p+-in-the-prompt baseline against the plain model (its rows in ``plain``), per CFG with its CI."""
+    out = {}
+    for c in cfgs:
+        mean, lo, hi = arm_effect(pd.concat([plain, pplus]), "p_plus_prompt", c, n_boot, seed)
+        out |= {f"p_plus_prompt/effect/cfg{c:g}": mean, f"p_plus_prompt/effect_lo/cfg{c:g}": lo,
+                f"p_plus_prompt/effect_hi/cfg{c:g}": hi}
+    return out
 
 
 def family_metrics(df: pd.DataFrame, checks: dict[str, float], policies: Sequence[CFGRowPolicy | None],

@@ -1,14 +1,15 @@
 """What does Anima draw under modulation guidance (Eq. 3), at which weight, per block, and on top of which CFG?
 
-The guided sampler: the pure samplers of ``sampling.py`` (Euler, ER-SDE, the shift schedule, CFG) run a velocity
-function whose DiT calls go through ``guidance.inject``. The vectors follow Eq. 3 per block,
+The guided sampler: the pure samplers of ``samplers.py`` (Euler, ER-SDE, the shift schedule, the CFG velocity) run
+the DiT under ``modulation.inject``. The vectors follow Eq. 3 per block,
 
     y_i(row) = P(base_row) + w(i) * (P(p+) - P(p-))
 
-with P the family's projection (``modulation.py``), w(i) a block schedule, and what the CFG *uncond* row gets decided
-by an explicit ``CFGRowPolicy`` (both / cond-only / official / per-row-base). Everything that does not depend on w,
-CFG or the seed -- text encoding, pooling, every projection, the guidance delta -- is computed ONCE per prompt set
-(``prepare_*`` -> ``GuidedPrompts``); a step or a grid cell only adds precomputed vectors.
+with P the family's projection (``families.py``, for any registered family), w(i) a block schedule
+(``schedules.py``), and what the CFG *uncond* row gets decided by an explicit ``CFGRowPolicy`` (``eq3.py``: both /
+cond-only / official / per-row-base). Everything that does not depend on w, CFG or the seed -- text encoding,
+pooling, every projection, the guidance delta -- is computed ONCE per prompt set (``prepare`` -> ``GuidedPrompts``);
+a step or a grid cell only adds precomputed vectors. Figures and run folders of a grid: ``pipeline/samples.py``.
 
 Sweeps (w x CFG x seeds) are cheap by construction: ``sample_cells`` runs many (guidance, CFG) cells as one batch,
 each row with its own vectors and its own CFG scale, from the same initial noise (paired comparisons).
@@ -17,97 +18,27 @@ each row with its own vectors and its own CFG scale, from the same initial noise
 from __future__ import annotations
 
 import contextlib
-import io
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors import safe_open
 
-from anima_probe.guidance.modulation import COSMOS, POOLED_TEXT_PROJ, Modulation, build, inject
-from anima_probe.guidance.samplers import cfg_combine, sample_er_sde, sample_euler, simple_sigmas
-from anima_probe.guidance.sources import (
-    PROFILES,
-    CFGRowPolicy,
-    CosmosPooledAdapter,
-    ModulationFileError,
-    PooledTextProjection,
-    block_weights,
-    guidance_delta,
-    load_cosmos_pooled_adapter,
-    load_pooled_text_proj,
-    profile,
-    project_pooled,
-    row_vectors,
-    uncond_base_prompt,
-)
+from anima_probe.guidance import families
+from anima_probe.guidance.eq3 import CFGRowPolicy, row_vectors, uncond_base_prompt
+from anima_probe.guidance.families import guidance_delta
+from anima_probe.guidance.modulation import Modulation, build, inject
+from anima_probe.guidance.samplers import cfg_velocity, sample_er_sde, sample_euler, simple_sigmas
+from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.text import encode_prompts
-from anima_probe.pipeline.runs import (
-    atomic_write_bytes,
-    atomic_write_json,
-    new_figure,
-    new_run_dir,
-    save_figure,
-)
-from anima_probe.probes.pooling import pool_named
 
 SAMPLERS = ("euler", "er_sde")
-DEFAULT_POLICY = {POOLED_TEXT_PROJ: CFGRowPolicy.PER_ROW_BASE, COSMOS: CFGRowPolicy.OFFICIAL}  # each port's own
-_INTERVAL = re.compile(r"^interval:(-?\d+):(-?\d+)([\])])$")
 
 
-# ------------------------------------------------------------------------------- which blocks get w
-@dataclass(frozen=True)
-class Schedule:
-    """w(i) over blocks, with the end convention spelled out: ``uniform`` (every block), ``step`` (blocks >=
-    start), ``interval`` (start..end, ``end_inclusive`` required: Anzhc inclusive, sorryhyun exclusive), or a named
-    ``profile`` from ``modulation.PROFILES`` (depth-mapped onto the model). Text form (``parse``): ``uniform``,
-    ``step:8``, ``interval:8:26]`` (inclusive), ``interval:8:27)`` (exclusive), or a profile name."""
-
-    kind: str = "uniform"
-    start: int = 0
-    end: int | None = None
-    end_inclusive: bool | None = None
-    profile: str | None = None
-
-    def weights(self, num_blocks: int, w: float) -> torch.Tensor:
-        """(N,) float32 w(i)."""
-        if self.kind == "profile":
-            return profile(self.profile, num_blocks, w)
-        return block_weights(num_blocks, w, self.kind, self.start, self.end, end_inclusive=self.end_inclusive)
-
-    def active(self, num_blocks: int) -> torch.Tensor:
-        """(N,) bool: the blocks the schedule names (family cosmos leaves the others at the plain temb)."""
-        return self.weights(num_blocks, 1.0) != 0
-
-    def text(self) -> str:
-        if self.kind == "profile":
-            return self.profile
-        if self.kind == "interval":
-            return f"interval:{self.start}:{self.end}{']' if self.end_inclusive else ')'}"
-        return "uniform" if self.kind == "uniform" else f"step:{self.start}"
-
-    @staticmethod
-    def parse(text: str) -> Schedule:
-        if text == "uniform":
-            return Schedule()
-        if m := re.fullmatch(r"step:(-?\d+)", text):
-            return Schedule("step", int(m.group(1)))
-        if m := _INTERVAL.match(text):
-            return Schedule("interval", int(m.group(1)), int(m.group(2)), m.group(3) == "]")
-        if text in PROFILES:
-            return Schedule("profile", profile=text)
-        raise ValueError(f"unknown schedule {text!r}: use uniform, step:START, interval:START:END] (end inclusive), "
-                         f"interval:START:END) (end exclusive), or a profile {sorted(PROFILES)}")
-
-
+# ------------------------------------------------------------------------------- one setting of Eq. 3
 @dataclass(frozen=True)
 class Guidance:
     """One setting of Eq. 3: weight, block schedule, final-layer weight (pooled_text_proj only; sorryhyun's
-    final_w) and the CFG-row policy (None: the family's own port, ``DEFAULT_POLICY``)."""
+    final_w) and the CFG-row policy (None: the family's own port, ``Family.default_policy``)."""
 
     w: float = 3.0
     schedule: Schedule = Schedule()
@@ -115,7 +46,7 @@ class Guidance:
     row_policy: CFGRowPolicy | str | None = None
 
     def policy(self, family: str) -> CFGRowPolicy:
-        return DEFAULT_POLICY[family] if self.row_policy is None else CFGRowPolicy(self.row_policy)
+        return families.get(family).default_policy if self.row_policy is None else CFGRowPolicy(self.row_policy)
 
 
 # ------------------------------------------------------------------------------- once per prompt set
@@ -129,61 +60,52 @@ class GuidedPrompts:
     base_cond: torch.Tensor  # (B, W) P(pooled prompt)
     base_uncond: dict[str, torch.Tensor]  # policy value -> (B, W): P(CFG negative) and/or P("")
     delta: torch.Tensor  # (1, W) P(p+) - P(p-), computed once
-    scales: torch.Tensor | None  # (N, 3D) the cosmos adapter's per-block scales; None for pooled_text_proj
+    scales: torch.Tensor | None  # (N, W) the source's per-block scales (cosmos); None for a family without
 
     def __len__(self) -> int:
         return self.cond_ctx.shape[0]
 
 
-def _prepare(family: str, source, pooled_fn: Callable[[list[str]], torch.Tensor], prompts: list[str], pos: str,
-             neg: str, negative: str, anima) -> GuidedPrompts:
-    """Shared by both families: one text encoding, one projection of the bases, one delta (never per step)."""
+def prepare(anima, source, prompts: list[str], pos: str, neg: str, negative: str = "", *, clip=None,
+            pooling: str = "max_padded") -> GuidedPrompts:
+    """Once per prompt set, for a source of any family: each text encoded once, every base projected in one call,
+    the delta once (never per step or cell).
+
+    The prompts, the CFG negative and "" (the official uncond base) are encoded together: the DiT's cross-attention
+    reads their ``crossattn_emb``, and the family pools its input from that same encoding (``pooled_text_proj``:
+    ``pooling``, sorryhyun's ``max_padded`` over all 512 rows) or from CLIP-L (``cosmos``: ``clip``; Eq. 3 changes
+    only y, the DiT still reads Anima's own encoding). p+ and p- are encoded as their own pair, so the delta does
+    not depend on the prompts it is sampled with (float32 encodings round differently in another batch).
+    """
+    fam = families.family_of(source)
+    fam.check(source, anima)
+    fam.require_clip(clip)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    tc = encode_prompts(anima, prompts + [negative])
     B = len(prompts)
     uncond_texts = {p.value: uncond_base_prompt(p, negative) for p in CFGRowPolicy}  # None: unused (both)
-    extra = sorted({t for t in uncond_texts.values() if t is not None} - set(prompts))
-    pooled = pooled_fn(prompts + extra)  # (B + E, Dp)
+    texts = prompts + sorted({negative, *(t for t in uncond_texts.values() if t is not None)} - set(prompts))
+    row = {t: i for i, t in enumerate(texts)}
+    tc, pair = encode_prompts(anima, texts), encode_prompts(anima, [pos, neg])
     source = source.to(anima.device)
     with torch.no_grad():
-        bases = project_pooled(source, pooled)  # (B + E, W): one call for every base vector
-        delta = guidance_delta(source, *pooled_fn([pos, neg]).chunk(2))  # (1, W): P(p+) - P(p-)
-    row = {t: bases[B + i] for i, t in enumerate(extra)} | {p: bases[i] for i, p in enumerate(prompts)}
-    base_uncond = {k: row[t].expand(B, -1) for k, t in uncond_texts.items() if t is not None}
-    scales = source.scales.detach() if family == COSMOS else None  # (N, 3D); no autograd graph while sampling
-    return GuidedPrompts(family, tc.crossattn_emb[:B], tc.crossattn_emb[B:].expand(B, -1, -1), bases[:B],
-                         base_uncond, delta, scales)
-
-
-def prepare_pooled_text(anima, proj: PooledTextProjection, prompts: list[str], pos: str, neg: str,
-                        negative: str = "", pooling: str = "max_padded") -> GuidedPrompts:
-    """Family (a): P = ``pooled_text_proj`` on max-pooled ``crossattn_emb`` (sorryhyun pools over all 512 rows,
-    padding included: ``max_padded``)."""
-    if proj.sigma_film is not None:
-        raise ValueError("this pooled_text_proj has sigma-FiLM armed: its delta depends on the step's t_emb, which "
-                         "the once-per-prompt guided sampler does not support (the author reports FiLM inert)")
-
-    def pooled_fn(texts: list[str]) -> torch.Tensor:
-        tc = encode_prompts(anima, texts)
-        return pool_named(tc.crossattn_emb, tc.t5_mask, pooling)  # (N, Dt)
-
-    return _prepare(POOLED_TEXT_PROJ, proj, pooled_fn, prompts, pos, neg, negative, anima)
-
-
-def prepare_cosmos(anima, adapter: CosmosPooledAdapter, clip, prompts: list[str], pos: str, neg: str,
-                   negative: str = "") -> GuidedPrompts:
-    """Family (b): P = the official adapter's text projection on CLIP-L ``pooler_output`` (``clip.ClipText``);
-    the DiT's cross-attention still reads Anima's own ``crossattn_emb`` of the prompt (Eq. 3 changes only y)."""
-    if adapter.num_blocks != anima.num_blocks or adapter.model_channels != anima.dit_config.hidden:
-        raise ValueError(f"cosmos adapter is for {adapter.num_blocks} blocks x D={adapter.model_channels}, the model "
-                         f"has {anima.num_blocks} x {anima.dit_config.hidden}")
-    return _prepare(COSMOS, adapter, lambda texts: clip.pooled(texts).to(anima.device), prompts, pos, neg,
-                    negative, anima)
+        bases = fam.project(source, fam.pool(texts, tc, clip, pooling).to(anima.device))  # (B + E, W): one call
+        pooled_pair = fam.pool([pos, neg], pair, clip, pooling).to(anima.device)  # (2, P)
+        delta = guidance_delta(source, *pooled_pair.chunk(2))  # (1, W): P(p+) - P(p-)
+    base_uncond = {k: bases[row[t]].expand(B, -1) for k, t in uncond_texts.items() if t is not None}
+    scales = None if fam.block_scales is None else fam.block_scales(source).detach()  # no graph while sampling
+    ctx = tc.crossattn_emb  # (B + E, 512, Dt)
+    return GuidedPrompts(fam.name, ctx[:B], ctx[row[negative]].expand(B, -1, -1), bases[:B], base_uncond, delta,
+                         scales)
 
 
 # ------------------------------------------------------------------------------- per (guidance, CFG) cell
 def modulation_for(gp: GuidedPrompts, guidance: Guidance, num_blocks: int, cfg: bool = True) -> Modulation:
     """The vectors of one cell: rows [cond (B); uncond (B)] with CFG, cond rows only without."""
+    fam = families.get(gp.family)
+    if fam.final_arg is None and guidance.final_w:
+        touching = "/".join(f.name for f in families.REGISTRY.values() if f.final_arg is not None)
+        raise ValueError(f"final_w applies to family {touching} (it modulates the final layer); family "
+                         f"{fam.name!r} leaves the final layer alone")
     policy = guidance.policy(gp.family)
     base_uncond = gp.base_uncond.get(policy.value)
     B = len(gp)
@@ -193,11 +115,7 @@ def modulation_for(gp: GuidedPrompts, guidance: Guidance, num_blocks: int, cfg: 
         return torch.cat([cond.expand(B, -1), uncond.expand(B, -1)]) if cfg else cond.expand(B, -1)
 
     weights = guidance.schedule.weights(num_blocks, guidance.w)
-    if gp.family == POOLED_TEXT_PROJ:
-        return build(POOLED_TEXT_PROJ, rows, weights, final_weight=guidance.final_w)
-    if guidance.final_w:
-        raise ValueError("final_w applies to family pooled_text_proj; the official cosmos path leaves norm_out alone")
-    return build(COSMOS, rows, weights, final_weight=None, active=guidance.schedule.active(num_blocks),
+    return build(gp.family, rows, weights, final_weight=guidance.final_w, active=guidance.schedule.active(num_blocks),
                  scales=gp.scales)
 
 
@@ -230,34 +148,10 @@ class Cell:
     cfg: float = 1.0
 
 
-def initial_noise(anima, batch: int, size: int, seed: int) -> torch.Tensor:
-    """(B, C, h, w) float32 N(0, 1) from a CPU generator (the same seed gives the same noise on any device);
-    ``size`` is the image side in pixels (h = size / 8 with a VAE, = size in the pixel-space toy world)."""
-    side = size // 8 if anima.vae is not None else size
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, anima.dit_config.in_channels, side, side, generator=g)
-
-
-def _velocity_fn(anima, gp: GuidedPrompts, cells: Sequence[Cell]):
-    """velocity(x (K*B, ...), sigma) for K cells side by side; with CFG one DiT call on [cond; uncond] per cell."""
-    K, B = len(cells), len(gp)
-    if all(c.cfg == 1.0 for c in cells):
-        ctx = gp.cond_ctx.repeat(K, 1, 1)  # (K*B, 512, Dt)
-        return lambda x, sigma: anima.velocity(x, sigma[:1], ctx), False
-    ctx = torch.cat([gp.cond_ctx, gp.uncond_ctx]).repeat(K, 1, 1)  # (K*2B, 512, Dt): per cell [cond; uncond]
-    scale = torch.tensor([c.cfg for c in cells], device=anima.device).view(K, 1, 1, 1, 1)
-
-    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        shape = x.shape[1:]
-        x2 = x.view(K, 1, B, *shape).expand(K, 2, B, *shape).reshape(K * 2 * B, *shape)  # (K*2B, C, h, w)
-        v = anima.velocity(x2, sigma[:1], ctx).float().view(K, 2, B, *shape)
-        return cfg_combine(v[:, 0], v[:, 1], scale).reshape(K * B, *shape)  # (K*B, C, h, w)
-
-    return velocity, True
-
-
 def _run_chunk(anima, gp, cells, noise, sigmas, sampler, seed, progress) -> torch.Tensor:
-    velocity, cfg = _velocity_fn(anima, gp, cells)
+    """K cells side by side in one batch (K*B, C, h, w); with CFG one DiT call on [cond; uncond] per cell."""
+    velocity = cfg_velocity(anima.velocity, gp.cond_ctx, gp.uncond_ctx, [c.cfg for c in cells])
+    cfg = any(c.cfg != 1.0 for c in cells)  # whether the uncond rows run, so the vectors need them
     mod = _cells_modulation(anima, gp, [c.guidance for c in cells], cfg)
     x = noise.to(anima.device).repeat(len(cells), 1, 1, 1)  # (K*B, C, h, w): every cell starts from the same noise
     with inject(anima, mod) if mod is not None else contextlib.nullcontext():
@@ -304,59 +198,3 @@ def sample_grid(anima, gp: GuidedPrompts, ws: Sequence[float | None], cfgs: Sequ
     with torch.no_grad():
         images = anima.decode(x.flatten(0, 1))  # (R*C*B, 3, H, W)
     return images.view(len(ws), len(cfgs), len(gp), *images.shape[1:])
-
-
-# ------------------------------------------------------------------------------- files, grids, run folders
-def load_source(path, anima) -> PooledTextProjection | CosmosPooledAdapter:
-    """Either family's file, told apart by its keys (``0.weight``: pooled_text_proj; ``scales``: the official
-    cosmos adapter, .pt or .safetensors), checked against the model's width and depth."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such modulation file")
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                keys = set(f.keys())
-        except Exception as e:  # safetensors raises several types for a corrupt header
-            raise ModulationFileError(f"{path}: not a readable safetensors file ({e})") from e
-        if "0.weight" in keys:
-            return load_pooled_text_proj(path, model_channels=anima.dit_config.hidden)
-        if "scales" not in keys:
-            raise ModulationFileError(f"{path}: neither a pooled_text_proj (key '0.weight') nor a cosmos adapter "
-                                      f"(key 'scales'); keys: {sorted(keys)[:6]}")
-    return load_cosmos_pooled_adapter(path, anima.dit_config.hidden, anima.num_blocks)
-
-
-def family_of(source) -> str:
-    return COSMOS if isinstance(source, CosmosPooledAdapter) else POOLED_TEXT_PROJ
-
-
-def grid_figure(images: torch.Tensor, row_labels: Sequence[str], col_labels: Sequence[str]):
-    """images (R, C, B, 3, H, W) in [0, 1] -> a figure: rows = guidance settings, columns = CFG scales, the B
-    prompts side by side inside each cell."""
-    R, C, B = images.shape[:3]
-    fig = new_figure(figsize=(1.1 * B * C + 0.8, 1.2 * R + 0.6))
-    for r in range(R):
-        for c in range(C):
-            ax = fig.add_subplot(R, C, r * C + c + 1)
-            strip = images[r, c].permute(2, 0, 3, 1).reshape(images.shape[-2], -1, images.shape[3])  # (H, B*W, 3)
-            ax.imshow(strip.cpu().numpy())
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(col_labels[c], fontsize=7)
-            if c == 0:
-                ax.set_ylabel(row_labels[r], fontsize=7)
-    return fig
-
-
-def write_sample_run(root, images: torch.Tensor, settings: dict, figure) -> Path:
-    """A numbered run folder ``root/NNN-sample/`` with grid.png, images.npy ((R, C, B, H, W, 3) uint8) and
-    settings.json (everything needed to re-run the grid)."""
-    run_dir = new_run_dir(root, "sample")
-    save_figure(figure, run_dir / "grid.png")
-    buf = io.BytesIO()
-    np.save(buf, (images.permute(0, 1, 2, 4, 5, 3) * 255).round().to(torch.uint8).cpu().numpy())
-    atomic_write_bytes(run_dir / "images.npy", buf.getvalue())
-    atomic_write_json(run_dir / "settings.json", settings)
-    return run_dir

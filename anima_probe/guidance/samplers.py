@@ -2,10 +2,11 @@
 
 Every probe that generates an image goes through one of these small pure functions (after the shape of
 k-diffusion's ``sampling.py``: one signature, a tqdm bar, a callback dict per step), so a result can name
-its sampler and schedule exactly and be re-run bit for bit.
+its sampler and schedule exactly and be re-run bit for bit. Each marks its steps (``hooks.sampler_step``), so a
+hook capture during sampling knows the step of every value it records.
 
-Conventions (Anima, facts sheet ANIMA.md §7): ``x_t = sigma*noise + (1-sigma)*x0``; the model predicts the
-velocity ``v ~ noise - x0``; the denoised estimate is ``x0 = x_t - sigma*v``; ``sigma`` in [0, 1] is fed to the
+Conventions (docs/anima.md, "Flow-matching conventions"): ``x_t = sigma*noise + (1-sigma)*x0``; the model predicts
+the velocity ``v ~ noise - x0``; the denoised estimate is ``x0 = x_t - sigma*v``; ``sigma`` in [0, 1] is fed to the
 model directly. Denoiser contract: ``velocity_fn(x, sigma: (B,) float32 tensor) -> v`` with ``v.shape == x.shape``.
 
 ER-SDE (Cui et al. 2023) in the flow parametrisation -- derivation
@@ -42,6 +43,7 @@ import torch
 from tqdm.auto import trange
 
 from anima_probe.model.flow import DEFAULT_SHIFT, shift_sigma  # one definition of the schedule
+from anima_probe.probes.hooks import sampler_step
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseScaler = Callable[[torch.Tensor], torch.Tensor]
@@ -92,7 +94,8 @@ def sample_euler(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, callback=None
     sig = _check_sigmas(sigmas)
     for i in trange(len(sig) - 1, disable=disable):
         s, t = sig[i], sig[i + 1]
-        v = velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
+        with sampler_step(i):  # hook captures inside carry the step
+            v = velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
         denoised = x - s * v
         if callback is not None:
             callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
@@ -188,7 +191,8 @@ def sample_er_sde(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, generator: t
     ds: list[torch.Tensor] = []
     for i in trange(len(sig) - 1, disable=disable):
         s, t = sig[i], sig[i + 1]
-        denoised = x - s * velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
+        with sampler_step(i):  # hook captures inside carry the step
+            denoised = x - s * velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
         if callback is not None:
             callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
         if t == 0.0:
@@ -223,10 +227,42 @@ def official_cfg_to_scale(cfg: float) -> float:
     return 1.0 + cfg
 
 
-def cfg_velocity(velocity_fn_cond: VelocityFn, velocity_fn_uncond: VelocityFn, scale: float) -> VelocityFn:
-    """A velocity_fn that runs both branches and combines them with ``cfg_combine`` (two calls per step)."""
+def cfg_velocity(model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], cond: torch.Tensor,
+                 uncond: torch.Tensor | None, scale: float | Sequence[float] = 1.0) -> VelocityFn:
+    """The one CFG velocity wrapper: ``velocity(x, sigma)`` over ``model(x, sigma, context)`` (``anima.velocity``).
 
-    def guided(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return cfg_combine(velocity_fn_cond(x, sigma), velocity_fn_uncond(x, sigma), scale)
+    ``cond`` / ``uncond`` are the (B, L, Dt) contexts of the B rows. ``scale`` is one CFG scale, or one per cell for
+    K cells side by side (x is then (K*B, ...), cell k's rows k*B..k*B+B-1). With CFG the model runs ONCE per step
+    on [cond; uncond] rows of every cell, combined by ``cfg_combine``; at scale 1 everywhere only the cond rows run.
+    The samplers give every row the same sigma, so the model gets ``sigma[:1]`` (one timestep embedding).
+    """
+    scales = [float(scale)] if isinstance(scale, int | float) else [float(s) for s in scale]
+    K, B = len(scales), cond.shape[0]
+    if all(s == 1.0 for s in scales):
+        ctx = cond.repeat(K, 1, 1)  # (K*B, L, Dt)
+        return lambda x, sigma: model(x, sigma[:1], ctx)
+    if uncond is None:
+        raise ValueError(f"CFG scales {scales} need the uncond context")
+    ctx = torch.cat([cond, uncond]).repeat(K, 1, 1)  # (K*2B, L, Dt): per cell [cond; uncond]
+    weight = torch.tensor(scales, device=cond.device)  # (K,)
 
-    return guided
+    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[1:]
+        x2 = x.view(K, 1, B, *shape).expand(K, 2, B, *shape).reshape(K * 2 * B, *shape)  # (K*2B, C, h, w)
+        v = model(x2, sigma[:1], ctx).float().view(K, 2, B, *shape)  # (K, 2, B, C, h, w)
+        return cfg_combine(v[:, 0], v[:, 1], weight.view(K, *[1] * (len(shape) + 1))).reshape(K * B, *shape)
+
+    return velocity
+
+
+def latent_shape(anima, size: int) -> tuple[int, int, int]:
+    """(C, h, w) of a size x size image where the DiT samples: h = size / 8 with a VAE, = size in pixel space."""
+    side = size // 8 if anima.vae is not None else size
+    return anima.dit_config.in_channels, side, side
+
+
+def initial_noise(anima, batch: int, size: int, seed: int) -> torch.Tensor:
+    """The one noise maker: (B, C, h, w) float32 N(0, 1) from a CPU generator (the same seed gives the same noise on
+    any device); ``size`` is the image side in pixels."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, *latent_shape(anima, size), generator=g)

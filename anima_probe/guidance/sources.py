@@ -1,31 +1,27 @@
-"""The two families of modulation source, their file formats, Eq. 3 and per-block weight schedules.
+"""What are the two published modulation sources, and how are their files laid out? Modules and file formats.
 
-Answers: "given a pooled text vector, what vector does modulation guidance add, to which blocks, on which CFG row?"
-for both Anima ports, without touching the model (hooks live elsewhere). Facts: MOD_GUIDANCE.md §1.3, §2.
+Answers: "given a pooled text vector, what does each Anima port's trained source turn it into, and how is that
+source stored?", without touching the model (where the vectors enter: ``families.py`` and ``modulation.py``).
+Facts, with their sources: docs/modulation-guidance.md ("The paper", "The two Anima ports").
 
 (a) sorryhyun's ``pooled_text_proj`` (self-distilled on Anima): max-pooled ``crossattn_emb`` (B, 1024) ->
     ``Linear -> SiLU -> Linear`` -> (B, D), added to the output of ``t_embedding_norm``. bf16 safetensors with keys
     ``0.weight, 0.bias, 2.weight, 2.bias`` (+ optional ``sigma_film.*``).
 (b) The paper's official Cosmos adapter (``cosmos-pooled``, used by Anzhc's node): CLIP-L pooler output (B, 768)
     -> PixArt-alpha text projection -> m (B, 3D); block i adds ``scales[i] * m`` to the AdaLN-LoRA vector.
-(c) Block schedules w(i) ("dynamic guidance"); the ports disagree on whether ``end`` is inclusive.
-(d) Eq. 3, ``y + w * (y(p+) - y(p-))``, and the CFG-row policies the ports differ on.
 """
 
 from __future__ import annotations
 
-import difflib
-import enum
-import math
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from anima_probe.model.files import ModelFileError, check_layout, load_tensors, read_metadata, save_tensors
+from anima_probe.pipeline.atomic import atomic_path
 
 TEXT_DIM = 1024  # Anima's crossattn_emb width (post-LLMAdapter)
 CLIP_DIM = 768  # CLIP-L pooler_output
@@ -36,39 +32,18 @@ FORMAT_VERSION = "1"
 _META_FORMAT, _META_VERSION = "anima_probe.format", "anima_probe.format_version"
 
 
-class ModulationFileError(ValueError):
-    """A modulation-source file that is missing keys, has wrong shapes, or is not in the expected format."""
-
-
-def _check_layout(found: Mapping[str, tuple], expected: Mapping[str, tuple], path, what: str) -> None:
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
-    if missing:
-        raise ModulationFileError(f"{path}: {what} is missing key {missing[0]!r} (all missing: {missing})")
-    if extra:
-        raise ModulationFileError(f"{path}: {what} has unexpected key {extra[0]!r} (all unexpected: {extra})")
-    for key, shape in expected.items():
-        if tuple(found[key]) != tuple(shape):
-            raise ModulationFileError(f"{path}: {what} key {key!r} has shape {tuple(found[key])}, expected {shape}")
-
-
 def _check_finite(tensors: Mapping[str, torch.Tensor], path) -> None:
     for key, t in tensors.items():
         if not torch.isfinite(t).all():
-            raise ModulationFileError(f"{path}: key {key!r} holds non-finite values")
+            raise ModelFileError(f"{path}: key {key!r} holds non-finite values")
 
 
 def _read_safetensors(path: Path, fmt: str) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises several types for a corrupt header
-        raise ModulationFileError(f"{path}: not a readable safetensors file ({e})") from e
+    meta = read_metadata(path)
     # files written elsewhere (the community's) carry no metadata: only a contradicting tag is an error
     if meta.get(_META_FORMAT, fmt) != fmt:
-        raise ModulationFileError(f"{path}: metadata says format {meta[_META_FORMAT]!r}, expected {fmt!r}")
-    return tensors
+        raise ModelFileError(f"{path}: metadata says format {meta[_META_FORMAT]!r}, expected {fmt!r}")
+    return load_tensors(path)
 
 
 def _existing(path) -> Path:
@@ -138,9 +113,7 @@ def save_pooled_text_proj(module: PooledTextProjection, path) -> Path:
     meta = {_META_FORMAT: POOLED_TEXT_PROJ_FORMAT, _META_VERSION: FORMAT_VERSION,
             "model_channels": str(module.model_channels), "text_dim": str(module.text_dim),
             "sigma_film": str(module.sigma_film is not None).lower()}
-    path = Path(path)
-    save_file(tensors, str(path), metadata=meta)
-    return path
+    return save_tensors(tensors, path, meta)
 
 
 def pooled_text_proj_layout(model_channels: int, text_dim: int = TEXT_DIM, sigma_film: bool = False):
@@ -159,19 +132,19 @@ def load_pooled_text_proj(path, model_channels: int | None = None) -> PooledText
     """
     path = _existing(path)
     if path.suffix != ".safetensors":
-        raise ModulationFileError(f"{path}: pooled_text_proj files are .safetensors, got {path.suffix!r}")
+        raise ModelFileError(f"{path}: pooled_text_proj files are .safetensors, got {path.suffix!r}")
     tensors = _read_safetensors(path, POOLED_TEXT_PROJ_FORMAT)
     first = tensors.get("0.weight")
     if first is None or first.ndim != 2:
         got = None if first is None else tuple(first.shape)
-        raise ModulationFileError(f"{path}: pooled_text_proj needs key '0.weight' of shape (D, text_dim), got {got}")
+        raise ModelFileError(f"{path}: pooled_text_proj needs key '0.weight' of shape (D, text_dim), got {got}")
     d, text_dim = first.shape
     if model_channels is not None and d != model_channels:
-        raise ModulationFileError(f"{path}: key '0.weight' has D={d} rows but the model has "
+        raise ModelFileError(f"{path}: key '0.weight' has D={d} rows but the model has "
                                   f"model_channels={model_channels}")
     film = any(k.startswith("sigma_film.") for k in tensors)
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    _check_layout(shapes, pooled_text_proj_layout(d, text_dim, film), path, "pooled_text_proj")
+    check_layout(shapes, pooled_text_proj_layout(d, text_dim, film), path, POOLED_TEXT_PROJ_FORMAT)
     _check_finite(tensors, path)
     module = PooledTextProjection(d, text_dim, sigma_film=film)
     module.load_state_dict({k: v.float() for k, v in tensors.items()})
@@ -229,13 +202,13 @@ def _read_torch_pickle(path: Path) -> dict:
     try:  # weights_only: tensors and plain containers only, never arbitrary objects
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ModulationFileError(f"{path}: refused to unpickle (it holds more than tensors): {e}") from e
+        raise ModelFileError(f"{path}: refused to unpickle (it holds more than tensors): {e}") from e
     except Exception as e:
-        raise ModulationFileError(f"{path}: not a readable torch file ({e})") from e
+        raise ModelFileError(f"{path}: not a readable torch file ({e})") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModulationFileError(f"{path}: expected a flat dict of tensors, got {type(obj).__name__}")
+        raise ModelFileError(f"{path}: expected a flat dict of tensors, got {type(obj).__name__}")
     return obj
 
 
@@ -252,21 +225,21 @@ def load_cosmos_pooled_adapter(path, model_channels: int | None = None,
     elif path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         tensors = _read_torch_pickle(path)
     else:
-        raise ModulationFileError(f"{path}: unknown adapter file type {path.suffix!r} (.pt or .safetensors)")
+        raise ModelFileError(f"{path}: unknown adapter file type {path.suffix!r} (.pt or .safetensors)")
     first, scales = tensors.get("text_embedder_clip.linear_1.weight"), tensors.get("scales")
     for key, t in (("text_embedder_clip.linear_1.weight", first), ("scales", scales)):
         if t is None or t.ndim != 2:
-            raise ModulationFileError(f"{path}: cosmos adapter needs a 2-D key {key!r}, "
+            raise ModelFileError(f"{path}: cosmos adapter needs a 2-D key {key!r}, "
                                       f"got {None if t is None else tuple(t.shape)}")
     h, clip_dim = first.shape
     if h % 3:
-        raise ModulationFileError(f"{path}: key 'text_embedder_clip.linear_1.weight' has {h} rows, not 3*D")
+        raise ModelFileError(f"{path}: key 'text_embedder_clip.linear_1.weight' has {h} rows, not 3*D")
     d, n = h // 3, scales.shape[0]
     for name, want, got in (("model_channels", model_channels, d), ("num_blocks", num_blocks, n)):
         if want is not None and want != got:
-            raise ModulationFileError(f"{path}: adapter has {name}={got} but the model has {want}")
-    _check_layout({k: tuple(v.shape) for k, v in tensors.items()}, cosmos_adapter_layout(d, n, clip_dim), path,
-                  "cosmos adapter")
+            raise ModelFileError(f"{path}: adapter has {name}={got} but the model has {want}")
+    check_layout({k: tuple(v.shape) for k, v in tensors.items()}, cosmos_adapter_layout(d, n, clip_dim), path,
+                 COSMOS_ADAPTER_FORMAT)
     _check_finite(tensors, path)
     module = CosmosPooledAdapter(d, n, clip_dim)
     module.load_state_dict({k: v.float() for k, v in tensors.items()})
@@ -278,167 +251,10 @@ def save_cosmos_pooled_adapter(module: CosmosPooledAdapter, path) -> Path:
     path = Path(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
     if path.suffix == ".safetensors":
-        meta = {_META_FORMAT: COSMOS_ADAPTER_FORMAT, _META_VERSION: FORMAT_VERSION}
-        save_file(tensors, str(path), metadata=meta)
+        save_tensors(tensors, path, {_META_FORMAT: COSMOS_ADAPTER_FORMAT, _META_VERSION: FORMAT_VERSION})
     elif path.suffix in (".pt", ".pth"):
-        torch.save(tensors, str(path))
+        with atomic_path(path) as tmp:
+            torch.save(tensors, tmp)
     else:
-        raise ModulationFileError(f"{path}: save as .pt or .safetensors, got {path.suffix!r}")
+        raise ModelFileError(f"{path}: save as .pt or .safetensors, got {path.suffix!r}")
     return path
-
-
-# ------------------------------------------------------------------------------- (c) per-block weights
-def block_weights(num_blocks: int, w: float, schedule: str = "uniform", start: int = 0, end: int | None = None,
-                  *, end_inclusive: bool | None = None) -> torch.Tensor:
-    """w(i) for i in 0..num_blocks-1 (float32): ``uniform`` every block; ``step`` blocks >= start (the paper's
-    step function); ``interval`` blocks start..end. Negative indices count from the end, Python style.
-
-    ``interval`` needs ``end_inclusive`` spelled out (Anzhc: inclusive, sorryhyun: exclusive); an ``end`` past the
-    last block is clipped (the official code uses 1000 to mean "all").
-    """
-    if num_blocks < 1:
-        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-    first = start + num_blocks if start < 0 else start
-    if not 0 <= first < num_blocks:
-        raise ValueError(f"start={start} is outside blocks 0..{num_blocks - 1}")
-    if schedule == "uniform":
-        if start != 0 or end is not None:
-            raise ValueError("schedule 'uniform' touches every block; use 'step' or 'interval' with start/end")
-        stop = num_blocks
-    elif schedule == "step":
-        if end is not None:
-            raise ValueError("schedule 'step' runs to the last block; use 'interval' to give an end")
-        stop = num_blocks
-    elif schedule == "interval":
-        if end is None or end_inclusive is None:
-            raise ValueError("schedule 'interval' needs end= and end_inclusive= (Anzhc's end is inclusive, "
-                             "sorryhyun's exclusive); or use from_anzhc / from_sorryhyun")
-        last = end + num_blocks if end < 0 else end
-        stop = min(last + 1 if end_inclusive else last, num_blocks)
-        if stop <= first:
-            raise ValueError(f"interval start={start} end={end} (inclusive={end_inclusive}) touches no block")
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose from 'uniform', 'step', 'interval'")
-    weights = torch.zeros(num_blocks)  # (N,)
-    weights[first:stop] = w
-    return weights
-
-
-def from_anzhc(w: float = 3.0, start_layer: int = 0, end_layer: int = -1, *, num_blocks: int) -> torch.Tensor:
-    """Anzhc's node: blocks ``start_layer..end_layer`` INCLUSIVE; ``end_layer=-1`` is the last block."""
-    return block_weights(num_blocks, w, "interval", start_layer, end_layer, end_inclusive=True)
-
-
-def from_sorryhyun(w: float = 3.0, start: int = 8, end: int | None = 27, *, num_blocks: int) -> torch.Tensor:
-    """sorryhyun's ``build_block_schedule`` without taper: blocks ``[start, end)`` EXCLUSIVE; ``end=None`` = all."""
-    if end is None:
-        return block_weights(num_blocks, w, "step", start)
-    return block_weights(num_blocks, w, "interval", start, end, end_inclusive=False)
-
-
-@dataclass(frozen=True)
-class BlockProfile:
-    """A named w(i) on the 28-block reference model: w on blocks ``[start, end)`` (``end=None``: to the last)."""
-
-    w: float
-    start: int
-    end: int | None
-    note: str
-
-    def weights(self, w: float | None = None) -> torch.Tensor:
-        return from_sorryhyun(self.w if w is None else w, self.start, self.end, num_blocks=REFERENCE_BLOCKS)
-
-
-PROFILES: dict[str, BlockProfile] = {
-    "uniform": BlockProfile(3.0, 0, None, "every block; sorryhyun's legacy uniform_w3, 'prone to pink collapse'"),
-    "official-cosmos": BlockProfile(3.0, 0, None, "CosmosWithPooledCLIP defaults: w=3, start_layer=0, all blocks"),
-    "anzhc": BlockProfile(3.0, 0, 28, "AnimaModGuidance defaults: start 0, end_layer -1 inclusive (= block 27)"),
-    "sorryhyun": BlockProfile(3.0, 8, 27, "step_i8_skip27: blocks 8..26; protects blocks 0-7 and block 27"),
-    "sorryhyun-safe": BlockProfile(3.0, 14, None, "step_i14, for LoRAs that show anatomy drift"),
-}
-
-
-def profile(name: str, num_blocks: int, w: float | None = None) -> torch.Tensor:
-    """A named profile's w(i) for a model of depth ``num_blocks`` (``w`` overrides the profile's weight).
-
-    Depth mapping: block i of an N-block model takes the weight of reference block round(i * 27 / (N - 1)), so
-    first and last blocks map onto each other (sorryhyun's protected block 27 stays protected at any depth) and
-    N = 28 is the identity. E.g. N = 6 samples reference blocks 0, 5, 11, 16, 22, 27: 'sorryhyun' -> 0,0,w,w,w,0.
-    A 1-block model takes reference block 0's weight.
-    """
-    if name not in PROFILES:
-        close = difflib.get_close_matches(name, PROFILES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown profile {name!r}{hint} Known: {sorted(PROFILES)}")
-    if num_blocks < 1:
-        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-    ref = PROFILES[name].weights(w)  # (28,)
-    if num_blocks == 1:
-        return ref[:1].clone()
-    idx = [math.floor(i * (REFERENCE_BLOCKS - 1) / (num_blocks - 1) + 0.5) for i in range(num_blocks)]
-    return ref[idx]  # (N,)
-
-
-# ------------------------------------------------------------------------------- (d) Eq. 3 and CFG rows
-def guided_vector(base: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, w) -> torch.Tensor:
-    """Eq. 3: ``y_hat = y(p) + w * (y(p+) - y(p-))``."""
-    return base + w * (pos - neg)
-
-
-def project_pooled(source: PooledTextProjection | CosmosPooledAdapter, pooled: torch.Tensor,
-                   t_emb: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply either family's projection: (B, 1024) -> (B, D) or (B, 768) -> (B, 3D)."""
-    if isinstance(source, CosmosPooledAdapter):
-        return source.project(pooled)
-    return source(pooled, t_emb)
-
-
-def guidance_delta(source: PooledTextProjection | CosmosPooledAdapter, pos_pooled: torch.Tensor,
-                   neg_pooled: torch.Tensor, t_emb: torch.Tensor | None = None) -> torch.Tensor:
-    """``P(p+) - P(p-)``, computed once per prompt pair and reused at every step and block.
-
-    (Only an armed sigma-FiLM head makes the delta step-dependent; it then needs this step's ``t_emb``.)
-    """
-    return project_pooled(source, pos_pooled, t_emb) - project_pooled(source, neg_pooled, t_emb)
-
-
-class CFGRowPolicy(str, enum.Enum):
-    """What the unconditional CFG row receives; this decides whether CFG amplifies the steering."""
-
-    BOTH = "both"
-    """Anzhc's node: the cond row's guided vector ``P(base) + w*delta`` on every row, uncond included. The
-    delta cancels in ``cond - uncond``, so CFG does not amplify it."""
-    COND_ONLY = "cond-only"
-    """Later Forge fix: cond row ``P(p) + w*delta``; uncond row its own base ``P(cfg negative)``, no delta.
-    CFG scales the delta with everything else in ``cond - uncond``."""
-    OFFICIAL = "official"
-    """Official Cosmos sampler: uncond row ``P("")`` (empty prompt), no delta. Same algebra as cond-only; the
-    difference is the prompt behind ``base_uncond`` (see ``uncond_base_prompt``)."""
-    PER_ROW_BASE = "per-row-base"
-    """sorryhyun's stack (facts §2.2): each row its own base (uncond: the CFG negative) plus the same
-    ``w*delta`` on both rows, so the delta reaches the output at about x1, not amplified by CFG."""
-
-
-def row_vectors(policy: CFGRowPolicy | str, base_cond: torch.Tensor, base_uncond: torch.Tensor | None,
-                delta: torch.Tensor, w) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cond_vec, uncond_vec) for one block under ``policy`` (``w`` is that block's w(i))."""
-    try:
-        policy = CFGRowPolicy(policy)
-    except ValueError:
-        raise ValueError(f"unknown CFG row policy {policy!r}; choose from {[p.value for p in CFGRowPolicy]}") from None
-    cond = base_cond + w * delta
-    if policy is CFGRowPolicy.BOTH:
-        return cond, cond
-    if base_uncond is None:
-        raise ValueError(f"CFG row policy {policy.value!r} needs base_uncond")
-    if policy is CFGRowPolicy.PER_ROW_BASE:
-        return cond, base_uncond + w * delta
-    return cond, base_uncond
-
-
-def uncond_base_prompt(policy: CFGRowPolicy | str, cfg_negative_prompt: str) -> str | None:
-    """The prompt whose projection is ``base_uncond``: "" (official), the CFG negative, or None (unused: both)."""
-    policy = CFGRowPolicy(policy)
-    if policy is CFGRowPolicy.BOTH:
-        return None
-    return "" if policy is CFGRowPolicy.OFFICIAL else cfg_negative_prompt

@@ -1,9 +1,9 @@
 """The frozen Anima, loaded from its published files: DiT + LLM adapter, Qwen3 text encoder, tokenizers, VAE.
 
 Built on diffusers' `CosmosTransformer3DModel` / `AnimaTextConditioner` and transformers' `Qwen3Model`, configured from
-tensor shapes, with the two measured deviations of diffusers from Anima corrected (facts sheet §12): the per-head q/k
-RMSNorm eps is 1e-6, and the RoPE table is large enough for any image size users run. The padding-mask channel
-(all zeros for text-to-image) is concatenated here, so nothing needs torchvision.
+tensor shapes, with the two deviations of diffusers from Anima corrected (docs/anima.md, "Building it on diffusers"):
+the per-head q/k RMSNorm eps is 1e-6, and the RoPE table is large enough for any image size users run. The
+padding-mask channel (all zeros for text-to-image) is concatenated here, so nothing needs torchvision.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from diffusers.loaders.single_file_utils import convert_cosmos_transformer_check
 from transformers import Qwen3Config, Qwen3Model
 
 from anima_probe.model import dit_file as ckpt
-from anima_probe.model.dit_file import AdapterConfig, CheckpointError, DiTConfig
+from anima_probe.model.dit_file import AdapterConfig, DiTConfig
+from anima_probe.model.files import (
+    ModelFileError,
+    check_layout,
+    count_indexed,
+    load_tensors,
+    required_shape,
+    tensor_shapes,
+)
 
 QK_NORM_EPS = 1e-6  # Anima's per-head q/k RMSNorm; diffusers builds 1e-5
 ROPE_MAX_SIZE = (128, 1056, 1056)  # (t, h, w) in latent pixels; diffusers' default 240 caps images at 2048 px
@@ -155,7 +163,7 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
 def load_dit_file(path: Path, device="cpu", dtype=torch.float32):
     """DiT + adapter from the single file as published (prefix `net.`, `model.diffusion_model.` or none)."""
     path = Path(path)
-    shapes = ckpt.tensor_shapes(path)
+    shapes = tensor_shapes(path)
     prefix = ckpt.detect_prefix(shapes, path)
     fmt = f"anima single file, prefix '{prefix or '<none>'}'"
     dit_shapes = {k[len(prefix):]: s for k, s in shapes.items()
@@ -164,22 +172,22 @@ def load_dit_file(path: Path, device="cpu", dtype=torch.float32):
                  if k.startswith(prefix + ckpt.ADAPTER_PREFIX)}
     stray = [k for k in shapes if not k.startswith(prefix)]
     if stray:
-        raise CheckpointError(f"{path} ({fmt}): {len(stray)} unexpected keys outside the prefix: {stray[:5]}")
+        raise ModelFileError(f"{path} ({fmt}): {len(stray)} unexpected keys outside the prefix: {stray[:5]}")
     if not ad_shapes:
-        raise CheckpointError(f"{path} ({fmt}): no '{ckpt.ADAPTER_PREFIX}*' keys; the LLM adapter ships in this file")
+        raise ModelFileError(f"{path} ({fmt}): no '{ckpt.ADAPTER_PREFIX}*' keys; the LLM adapter ships in this file")
     dit_c = ckpt.infer_dit_config(dit_shapes, path)
     ad_c = ckpt.infer_adapter_config(ad_shapes, path)
-    ckpt.check_layout(dit_shapes, ckpt.dit_layout(dit_c), path, fmt, prefix)
-    ckpt.check_layout(ad_shapes, ckpt.adapter_layout(ad_c), path, fmt, prefix + ckpt.ADAPTER_PREFIX)
+    check_layout(dit_shapes, ckpt.dit_layout(dit_c), path, fmt, prefix)
+    check_layout(ad_shapes, ckpt.adapter_layout(ad_c), path, fmt, prefix + ckpt.ADAPTER_PREFIX)
 
     # The adapter is split off first: diffusers' Cosmos converter does plain substring replacements that would
     # mangle adapter keys (e.g. "q_proj" -> "to_q").
     adapter = build_adapter(ad_c)
-    ad_sd = ckpt.load_tensors(path, {prefix + ckpt.ADAPTER_PREFIX + k: k for k in ad_shapes}, dtype, device)
+    ad_sd = load_tensors(path, {prefix + ckpt.ADAPTER_PREFIX + k: k for k in ad_shapes}, dtype, device)
     adapter.load_state_dict(ad_sd, strict=True, assign=True)
     del ad_sd
     transformer = build_transformer(dit_c)
-    dit_sd = ckpt.load_tensors(path, {prefix + k: k for k in dit_shapes}, dtype, device)
+    dit_sd = load_tensors(path, {prefix + k: k for k in dit_shapes}, dtype, device)
     dit_sd = convert_cosmos_transformer_checkpoint_to_diffusers(dit_sd)
     transformer.load_state_dict(dit_sd, strict=True, assign=True)
     return _freeze(transformer), _freeze(adapter), dit_c
@@ -201,7 +209,7 @@ def load_dit_diffusers(folder: Path, device="cpu", dtype=torch.float32):
     _fix_qk_norm_eps(transformer)
     cfg = transformer.config
     if tuple(cfg.rope_scale) != ROPE_SCALE or cfg.extra_pos_embed_type is not None:
-        raise CheckpointError(f"{folder / 'transformer'}: rope_scale {cfg.rope_scale} / extra_pos_embed_type "
+        raise ModelFileError(f"{folder / 'transformer'}: rope_scale {cfg.rope_scale} / extra_pos_embed_type "
                               f"{cfg.extra_pos_embed_type!r} are not Anima's ({ROPE_SCALE}, None)")
     c = DiTConfig(hidden=cfg.num_attention_heads * cfg.attention_head_dim, num_blocks=cfg.num_layers,
                   head_dim=cfg.attention_head_dim, mlp_hidden=int(cfg.mlp_ratio * cfg.num_attention_heads
@@ -216,15 +224,15 @@ def load_dit_diffusers(folder: Path, device="cpu", dtype=torch.float32):
 
 
 def qwen3_config(shapes: dict[str, tuple[int, ...]], path) -> Qwen3Config:
-    vocab, hidden = ckpt._need(shapes, "embed_tokens.weight", path)
-    head_dim = ckpt._need(shapes, "layers.0.self_attn.q_norm.weight", path)[0]
+    vocab, hidden = required_shape(shapes, "embed_tokens.weight", path)
+    head_dim = required_shape(shapes, "layers.0.self_attn.q_norm.weight", path)[0]
     return Qwen3Config(
         vocab_size=vocab,
         hidden_size=hidden,
-        intermediate_size=ckpt._need(shapes, "layers.0.mlp.gate_proj.weight", path)[0],
-        num_hidden_layers=ckpt._count_indexed(shapes, r"layers\.(\d+)\."),
-        num_attention_heads=ckpt._need(shapes, "layers.0.self_attn.q_proj.weight", path)[0] // head_dim,
-        num_key_value_heads=ckpt._need(shapes, "layers.0.self_attn.k_proj.weight", path)[0] // head_dim,
+        intermediate_size=required_shape(shapes, "layers.0.mlp.gate_proj.weight", path)[0],
+        num_hidden_layers=count_indexed(shapes, r"layers\.(\d+)\."),
+        num_attention_heads=required_shape(shapes, "layers.0.self_attn.q_proj.weight", path)[0] // head_dim,
+        num_key_value_heads=required_shape(shapes, "layers.0.self_attn.k_proj.weight", path)[0] // head_dim,
         head_dim=head_dim,
         rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": QWEN_ROPE_THETA},
@@ -236,7 +244,7 @@ def qwen3_config(shapes: dict[str, tuple[int, ...]], path) -> Qwen3Config:
 def load_qwen3_file(path: Path, device="cpu", dtype=torch.float32) -> Qwen3Model:
     """Qwen3-0.6B Base single file, HF key names with or without `model.` (the tied `lm_head` is ignored)."""
     path = Path(path)
-    shapes = ckpt.tensor_shapes(path)
+    shapes = tensor_shapes(path)
     prefix = "model." if any(k.startswith("model.") for k in shapes) else ""
     bare = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
     fmt = f"qwen3 single file, prefix '{prefix or '<none>'}'"
@@ -246,8 +254,8 @@ def load_qwen3_file(path: Path, device="cpu", dtype=torch.float32) -> Qwen3Model
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: s for k, s in bare.items()}
     found.update({k: s for k, s in shapes.items() if not k.startswith(prefix) and k != "lm_head.weight"})
-    ckpt.check_layout(found, expected, path, fmt, prefix)
-    sd = ckpt.load_tensors(path, {prefix + k: k for k in expected}, dtype, device)
+    check_layout(found, expected, path, fmt, prefix)
+    sd = load_tensors(path, {prefix + k: k for k in expected}, dtype, device)
     model.load_state_dict(sd, strict=True, assign=True)
     return _freeze(model)
 

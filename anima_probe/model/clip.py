@@ -22,13 +22,19 @@ from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers import trainers as tk_trainers
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from anima_probe.model import dit_file as ckpt
-from anima_probe.model.dit_file import CheckpointError
+from anima_probe.model.files import (
+    ModelFileError,
+    check_layout,
+    count_indexed,
+    load_tensors,
+    required_shape,
+    save_tensors,
+    tensor_shapes,
+)
 
 MAX_LENGTH = 77  # CLIP's context: <|startoftext|> + 75 tokens + <|endoftext|>
 HEAD_DIM = 64  # every OpenAI / OpenCLIP text tower uses 64-wide heads
@@ -80,17 +86,17 @@ class ClipText:
 
 def clip_config(shapes: dict[str, tuple[int, ...]], path, eos_id: int, bos_id: int, pad_id: int) -> CLIPTextConfig:
     """Dimensions from tensor shapes (bare ``text_model.*`` names); the head count from CLIP's 64-wide heads."""
-    vocab, hidden = ckpt._need(shapes, "embeddings.token_embedding.weight", path)
-    positions = ckpt._need(shapes, "embeddings.position_embedding.weight", path)[0]
+    vocab, hidden = required_shape(shapes, "embeddings.token_embedding.weight", path)
+    positions = required_shape(shapes, "embeddings.position_embedding.weight", path)[0]
     if hidden % HEAD_DIM:
-        raise CheckpointError(f"{path}: hidden size {hidden} is not a multiple of CLIP's head width {HEAD_DIM}")
+        raise ModelFileError(f"{path}: hidden size {hidden} is not a multiple of CLIP's head width {HEAD_DIM}")
     if positions < MAX_LENGTH:
-        raise CheckpointError(f"{path}: key 'text_model.embeddings.position_embedding.weight' has {positions} "
+        raise ModelFileError(f"{path}: key 'text_model.embeddings.position_embedding.weight' has {positions} "
                               f"positions; CLIP text needs {MAX_LENGTH}")
     return CLIPTextConfig(
         vocab_size=vocab, hidden_size=hidden, num_attention_heads=hidden // HEAD_DIM,
-        intermediate_size=ckpt._need(shapes, "encoder.layers.0.mlp.fc1.weight", path)[0],
-        num_hidden_layers=ckpt._count_indexed(shapes, r"encoder\.layers\.(\d+)\."),
+        intermediate_size=required_shape(shapes, "encoder.layers.0.mlp.fc1.weight", path)[0],
+        num_hidden_layers=count_indexed(shapes, r"encoder\.layers\.(\d+)\."),
         max_position_embeddings=positions, hidden_act="quick_gelu",
         # the real eos id (not the legacy 2) makes the pooler read the first EOS, as ComfyUI's argmax does
         eos_token_id=eos_id, bos_token_id=bos_id, pad_token_id=pad_id,
@@ -101,7 +107,7 @@ def _text_prefix(keys, path) -> str:
     hits = [k[: -len(DETECT_KEY)] for k in keys if k.endswith(DETECT_KEY)]
     if len(hits) != 1:
         shown = ", ".join(sorted(keys)[:5])
-        raise CheckpointError(f"{path}: not a CLIP text model file: expected one key ending in '{DETECT_KEY}', "
+        raise ModelFileError(f"{path}: not a CLIP text model file: expected one key ending in '{DETECT_KEY}', "
                               f"found {len(hits)} (first keys: {shown})")
     return hits[0]
 
@@ -109,24 +115,24 @@ def _text_prefix(keys, path) -> str:
 def load_clip_file(path, tokenizer, device="cpu", dtype=torch.float32) -> CLIPTextModel:
     """A CLIP text tower from one safetensors file with HF key names (under any prefix), strictly checked."""
     path = Path(path)
-    shapes = ckpt.tensor_shapes(path)
+    shapes = tensor_shapes(path)
     prefix = _text_prefix(shapes, path)
     inner = prefix + "text_model."
     ignored = {prefix + k for k in IGNORED_KEYS}
     stray = sorted(k for k in shapes if not k.startswith(inner) and k not in ignored)
     if stray:
-        raise CheckpointError(f"{path}: {len(stray)} keys outside '{inner}' that a CLIP text model does not "
+        raise ModelFileError(f"{path}: {len(stray)} keys outside '{inner}' that a CLIP text model does not "
                               f"have: {stray[:5]}")
     bare = {k[len(inner):]: s for k, s in shapes.items() if k.startswith(inner) and k not in ignored}
     config = clip_config(bare, path, tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id)
     if len(tokenizer) > config.vocab_size:
-        raise CheckpointError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the embedding only "
+        raise ModelFileError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the embedding only "
                               f"{config.vocab_size} rows; wrong tokenizer for this file?")
     with init_empty_weights(include_buffers=False):
         model = CLIPTextModel(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    ckpt.check_layout(bare, expected, path, "CLIP text single file", inner)
-    state = ckpt.load_tensors(path, {inner + k: k for k in expected}, dtype, device)
+    check_layout(bare, expected, path, "CLIP text single file", inner)
+    state = load_tensors(path, {inner + k: k for k in expected}, dtype, device)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
@@ -239,8 +245,4 @@ def write_tiny_clip(out_dir, seed: int = 0, corpus: list[str] | None = None, hid
     torch.manual_seed(seed)  # transformers' initialiser reads the global generator
     model = CLIPTextModel(config)
     tensors = {"text_model." + k: v.contiguous() for k, v in sorted(model.state_dict().items())}
-    path = out / TINY_FILE
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "anima-probe-tiny-clip", "seed": str(seed)})
-    tmp.replace(path)  # atomic: a crash never leaves a half-written file
-    return path
+    return save_tensors(tensors, out / TINY_FILE, {"format": "anima-probe-tiny-clip", "seed": seed})

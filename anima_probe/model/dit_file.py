@@ -1,31 +1,22 @@
 """How is an Anima DiT file laid out, and does this file match it?
 
-The published single file holds the MiniTrainDIT tensors plus the LLM adapter (`llm_adapter.*`), under one of the
-key prefixes `net.`, `model.diffusion_model.` or none (facts sheet §2). This module reads such a file lazily, detects
-the prefix, infers every dimension from tensor shapes (so the 28-block release, a 40-block depth-expanded variant and
-the tiny twins share one code path), and checks the key set strictly against the layout those dimensions imply.
-Errors name the file, the detected format and the first offending keys with counts.
+The published single file holds the MiniTrainDIT tensors plus the LLM adapter (`llm_adapter.*`), under one of the key
+prefixes `net.`, `model.diffusion_model.` or none (docs/anima.md, "Checkpoint keys and prefixes"). This module detects
+the prefix from the key names, infers every dimension from tensor shapes (so the 28-block release, a 40-block
+depth-expanded variant and the tiny twins share one code path) and states the layout those dimensions imply;
+`anima_probe.model.files` reads the header, checks the key set strictly against that layout and reads the tensors.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
+from anima_probe.model.files import SHOWN_KEYS, ModelFileError, count_indexed, required_shape
 
 PREFIXES = ("model.diffusion_model.", "model.model.", "net.", "")
 DETECT_KEY = "blocks.0.mlp.layer1.weight"
 ADAPTER_PREFIX = "llm_adapter."
-SHOWN_KEYS = 5
-
-
-class CheckpointError(ValueError):
-    """A model file that cannot be loaded as asked: wrong format, truncated, or keys that do not match."""
 
 
 @dataclass(frozen=True)
@@ -64,54 +55,11 @@ class AdapterConfig:
         return self.model_dim // self.head_dim
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Reading
-
-
-def read_header(path: Path) -> dict:
-    """The safetensors JSON header, with a clear error for a truncated or non-safetensors file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, too short for a header)")
-        (n,) = struct.unpack("<Q", head)
-        if n <= 1 or n > min(size - 8, 100_000_000):
-            raise CheckpointError(f"{path}: not a safetensors file (header length {n} does not fit a {size}-byte file)")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: not a safetensors file (header is not JSON: {e})") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise CheckpointError(
-            f"{path}: truncated safetensors file: tensors need {8 + n + end} bytes, the file has {size}"
-        )
-    return header
-
-
-def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Key -> shape from the header alone (no tensor data is read)."""
-    return {k: tuple(v["shape"]) for k, v in read_header(path).items() if k != "__metadata__"}
-
-
-def load_tensors(path: Path, keys: dict[str, str], dtype: torch.dtype | None, device: str | torch.device = "cpu"):
-    """Read `keys` (file key -> wanted key) one tensor at a time, cast as it goes.
-
-    One tensor at a time keeps the peak at about one copy of the weights: a full-size bf16 file is never held as a
-    whole state dict next to its converted twin.
-    """
-    out: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        for file_key, key in keys.items():
-            t = f.get_tensor(file_key)
-            if dtype is not None and t.is_floating_point():
-                t = t.to(dtype)
-            out[key] = t.to(device)
-    return out
+# The released Anima's dimensions (docs/anima.md, "Architecture and dimensions"), for building it with random weights.
+ANIMA_DIT = DiTConfig(hidden=2048, num_blocks=28, head_dim=128, mlp_hidden=8192, text_dim=1024, adaln_lora_dim=256,
+                      in_channels=16, out_channels=16, patch=2)
+ANIMA_ADAPTER = AdapterConfig(source_dim=1024, model_dim=1024, num_layers=6, head_dim=64, mlp_hidden=4096,
+                              vocab=32128)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,43 +73,31 @@ def detect_prefix(keys, path: Path | str = "<state dict>") -> str:
     best = max(PREFIXES, key=lambda p: (counts[p], len(p)))
     if counts[best] == 0 or f"{best}{DETECT_KEY}" not in keys:
         shown = ", ".join(sorted(keys)[:SHOWN_KEYS])
-        raise CheckpointError(
+        raise ModelFileError(
             f"{path}: not an Anima/Cosmos DiT file: no '{DETECT_KEY}' under any of the prefixes "
             f"{[p or '<none>' for p in PREFIXES]} (first keys: {shown})"
         )
     return best
 
 
-def _count_indexed(keys, pattern: str) -> int:
-    rx = re.compile(pattern)
-    found = {int(m.group(1)) for k in keys if (m := rx.match(k))}
-    return max(found) + 1 if found else 0
-
-
-def _need(shapes: dict, key: str, path) -> tuple[int, ...]:
-    if key not in shapes:
-        raise CheckpointError(f"{path}: missing key '{key}', needed to infer the model's dimensions")
-    return shapes[key]
-
-
 def infer_dit_config(shapes: dict[str, tuple[int, ...]], path="<state dict>") -> DiTConfig:
     """Dimensions from bare-named shapes. Patch and channels follow from two equations:
     x_embedder in = (C + 1)·p², final_layer out = C·p²  =>  p² = difference, C = out / p²."""
-    hidden, embed_in = _need(shapes, "x_embedder.proj.1.weight", path)
-    final_out = _need(shapes, "final_layer.linear.weight", path)[0]
+    hidden, embed_in = required_shape(shapes, "x_embedder.proj.1.weight", path)
+    final_out = required_shape(shapes, "final_layer.linear.weight", path)[0]
     p2 = embed_in - final_out
     p = int(round(p2**0.5))
     if p2 <= 0 or p * p != p2 or final_out % p2:
-        raise CheckpointError(
+        raise ModelFileError(
             f"{path}: cannot infer patch size and channels from x_embedder in={embed_in}, final_layer out={final_out}"
         )
     return DiTConfig(
         hidden=hidden,
-        num_blocks=_count_indexed(shapes, r"blocks\.(\d+)\."),
-        head_dim=_need(shapes, "blocks.0.self_attn.q_norm.weight", path)[0],
-        mlp_hidden=_need(shapes, "blocks.0.mlp.layer1.weight", path)[0],
-        text_dim=_need(shapes, "blocks.0.cross_attn.k_proj.weight", path)[1],
-        adaln_lora_dim=_need(shapes, "blocks.0.adaln_modulation_self_attn.1.weight", path)[0],
+        num_blocks=count_indexed(shapes, r"blocks\.(\d+)\."),
+        head_dim=required_shape(shapes, "blocks.0.self_attn.q_norm.weight", path)[0],
+        mlp_hidden=required_shape(shapes, "blocks.0.mlp.layer1.weight", path)[0],
+        text_dim=required_shape(shapes, "blocks.0.cross_attn.k_proj.weight", path)[1],
+        adaln_lora_dim=required_shape(shapes, "blocks.0.adaln_modulation_self_attn.1.weight", path)[0],
         in_channels=final_out // p2,
         out_channels=final_out // p2,
         patch=p,
@@ -170,13 +106,13 @@ def infer_dit_config(shapes: dict[str, tuple[int, ...]], path="<state dict>") ->
 
 def infer_adapter_config(shapes: dict[str, tuple[int, ...]], path="<state dict>") -> AdapterConfig:
     """Adapter dimensions from bare (prefix `llm_adapter.` removed) shapes."""
-    vocab, model_dim = _need(shapes, "embed.weight", path)
+    vocab, model_dim = required_shape(shapes, "embed.weight", path)
     return AdapterConfig(
-        source_dim=_need(shapes, "blocks.0.cross_attn.k_proj.weight", path)[1],
+        source_dim=required_shape(shapes, "blocks.0.cross_attn.k_proj.weight", path)[1],
         model_dim=model_dim,
-        num_layers=_count_indexed(shapes, r"blocks\.(\d+)\."),
-        head_dim=_need(shapes, "blocks.0.cross_attn.q_norm.weight", path)[0],
-        mlp_hidden=_need(shapes, "blocks.0.mlp.0.weight", path)[0],
+        num_layers=count_indexed(shapes, r"blocks\.(\d+)\."),
+        head_dim=required_shape(shapes, "blocks.0.cross_attn.q_norm.weight", path)[0],
+        mlp_hidden=required_shape(shapes, "blocks.0.mlp.0.weight", path)[0],
         vocab=vocab,
         self_attn="blocks.0.self_attn.q_proj.weight" in shapes,
     )
@@ -234,21 +170,6 @@ def adapter_layout(c: AdapterConfig) -> dict[str, tuple[int, ...]]:
     lo["out_proj.bias"] = (M,)
     lo["norm.weight"] = (M,)
     return lo
-
-
-def check_layout(found: dict[str, tuple], expected: dict[str, tuple], path, fmt: str, prefix: str = "") -> None:
-    """Strict key check: one error listing missing, unexpected and mis-shaped keys, with counts."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    misshaped = [f"{k} {list(found[k])} (expected {list(expected[k])})"
-                 for k in expected if k in found and tuple(found[k]) != tuple(expected[k])]
-    if not (missing or unexpected or misshaped):
-        return
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-        shown = ", ".join(prefix + k for k in items[:SHOWN_KEYS]) + (", ..." if len(items) > SHOWN_KEYS else "")
-        parts.append(f"{len(items)} {label}" + (f": {shown}" if items else ""))
-    raise CheckpointError(f"{path} ({fmt}): keys do not match the inferred layout; " + "; ".join(parts))
 
 
 def describe(config) -> str:

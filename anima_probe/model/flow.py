@@ -1,4 +1,5 @@
-"""Anima's flow-matching conventions in one place (facts sheet §7), so every probe, trainer and sampler agrees.
+"""Anima's flow-matching conventions in one place, so every probe, trainer and sampler agrees (sources:
+docs/anima.md, "Flow-matching conventions").
 
 x_t = sigma·noise + (1 − sigma)·x0; the model predicts the velocity v ≈ noise − x0; the denoised estimate is
 x0 = x_t − sigma·v. sigma ∈ [0, 1] is the model's timestep input (not ×1000). The sampling schedule is shifted:

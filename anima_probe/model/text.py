@@ -1,10 +1,10 @@
 """What does the DiT see of a prompt? Anima's text conditioning, done as the reference implementations do it.
 
-Each prompt is tokenised twice (facts sheet §5): Qwen2 tokens (no BOS/EOS, no template) go through the frozen Qwen3
-encoder (last hidden state after the final norm); T5 ids (EOS appended) are the LLM adapter's queries, which
-cross-attend to the Qwen states. The adapter output, zero-padded to 512 rows, is `crossattn_emb`: the only way text
-enters the DiT. Qwen runs on real token lengths in length-bucketed batches, never on 512 padded tokens; pad rows are
-masked in attention and zeroed, so a batched encoding equals the single-prompt one.
+Each prompt is tokenised twice (docs/anima.md, "Text path"): Qwen2 tokens (no BOS/EOS, no template) go through the
+frozen Qwen3 encoder (last hidden state after the final norm); T5 ids (EOS appended) are the LLM adapter's queries,
+which cross-attend to the Qwen states. The adapter output, zero-padded to 512 rows, is `crossattn_emb`: the only way
+text enters the DiT. Qwen runs on real token lengths in length-bucketed batches, never on 512 padded tokens; pad rows
+are masked in attention and zeroed, so a batched encoding equals the single-prompt one.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class PromptTokens:
 
 def tokenize_prompts(qwen_tokenizer, t5_tokenizer, prompts: list[str], empty_prompt: str = "comfyui") -> PromptTokens:
     """Tokenise as the references do. empty_prompt: "comfyui" (default; what users run): Qwen gets its pad token,
-    unmasked, T5 gets [</s>]. "diffusers": one masked stand-in token with a zeroed embedding (facts sheet §12)."""
+    unmasked, T5 gets [</s>]. "diffusers": one masked stand-in token with a zeroed embedding (docs/anima.md,
+    "Text path")."""
     if empty_prompt not in EMPTY_PROMPT_POLICIES:
         raise ValueError(f"empty_prompt must be one of {EMPTY_PROMPT_POLICIES}, got {empty_prompt!r}")
     qwen = [_fit(i, CROSSATTN_TOKENS, "Qwen", p) for i, p in zip(tokenize_qwen(qwen_tokenizer, prompts), prompts)]

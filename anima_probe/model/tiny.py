@@ -13,13 +13,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from diffusers import CosmosTransformer3DModel
+from diffusers import AutoencoderKLQwenImage, CosmosTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
-from safetensors.torch import save_file
 from transformers import Qwen3Config, Qwen3Model
 
 from anima_probe.model.anima import QWEN_ROPE_THETA
 from anima_probe.model.dit_file import ADAPTER_PREFIX, AdapterConfig, DiTConfig, adapter_layout, dit_layout
+from anima_probe.model.files import save_tensors
 
 PREFIX_CHOICES = {"net.": "net.", "model.diffusion_model.": "model.diffusion_model.", "none": ""}
 DIT_FILE = "diffusion_models/anima-tiny.safetensors"
@@ -30,6 +30,9 @@ TINY_DIT = DiTConfig(hidden=64, num_blocks=2, head_dim=32, mlp_hidden=256, text_
                      in_channels=16, out_channels=16, patch=2)
 TINY_QWEN = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "head_dim": 12}
+# AutoencoderKLQwenImage kwargs: the published VAE's structure (4 levels, temporal down in the last two) at width 8.
+TINY_VAE = {"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1,
+            "temperal_downsample": [False, True, True]}
 
 
 def random_tensors(layout: dict[str, tuple[int, ...]], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -64,13 +67,7 @@ def dit_file_state(transformer: CosmosTransformer3DModel, adapter: torch.nn.Modu
 
 
 def write_dit_file(path: Path, state: dict[str, torch.Tensor], prefix: str, metadata: dict | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {prefix + k: v.detach().contiguous().cpu() for k, v in sorted(state.items())}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    tmp.replace(path)  # atomic: a crash never leaves a half-written model file
-    return path
+    return save_tensors({prefix + k: v for k, v in sorted(state.items())}, path, metadata or {})
 
 
 def tiny_qwen3(vocab: int, seed: int, dims: dict = TINY_QWEN) -> Qwen3Model:
@@ -82,20 +79,40 @@ def tiny_qwen3(vocab: int, seed: int, dims: dict = TINY_QWEN) -> Qwen3Model:
 
 
 def write_qwen3_file(path: Path, model: Qwen3Model) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"model." + k: v.contiguous() for k, v in sorted(model.state_dict().items())}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
-    return path
+    return save_tensors({"model." + k: v for k, v in sorted(model.state_dict().items())}, path)
+
+
+def tiny_vae_state_dict(seed: int = 0, dims: dict = TINY_VAE) -> dict[str, torch.Tensor]:
+    """Seeded random fp32 VAE weights in diffusers naming, independent of torch's default init functions."""
+    with torch.device("meta"):
+        model = AutoencoderKLQwenImage(**dims)
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, meta in sorted(model.state_dict().items()):
+        noise = torch.randn(meta.shape, generator=gen, dtype=torch.float32)
+        if name.endswith(".gamma"):
+            state[name] = 1.0 + 0.1 * noise  # RMS-norm gains near 1, but distinct so swaps are visible
+        elif name.endswith(".bias"):
+            state[name] = 0.01 * noise
+        else:  # fan-in scaling keeps activations O(1) through the random network
+            state[name] = noise / max(1, meta[0].numel()) ** 0.5
+    return state
+
+
+def write_tiny_vae(path: str | Path, seed: int = 0, dims: dict = TINY_VAE) -> Path:
+    """A tiny random Qwen-Image VAE in the published file's Wan2.1 key naming; byte-identical per seed."""
+    from anima_probe.model.vae import diffusers_to_wan_key
+
+    state = tiny_vae_state_dict(seed, dims)
+    wan = {diffusers_to_wan_key(k, dims["num_res_blocks"]): v for k, v in state.items()}
+    # One metadata entry only: safetensors stores metadata as a hash map, so several entries could reorder.
+    return save_tensors(wan, path, {"format": "pt"})
 
 
 def write_tiny(out_dir: Path, prefix: str = "net.", seed: int = 0, with_vae: bool = True,
                corpus: list[str] | None = None) -> Path:
     """Write a complete deterministic tiny model folder; returns it. `prefix` is a key of PREFIX_CHOICES."""
     from anima_probe.model.tokenization import load_tokenizers, train_tiny_tokenizers
-    from anima_probe.model.vae import write_tiny_vae
 
     if prefix not in PREFIX_CHOICES:
         raise ValueError(f"prefix must be one of {list(PREFIX_CHOICES)}, got {prefix!r}")

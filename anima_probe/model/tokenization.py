@@ -1,7 +1,7 @@
 """Tokenisers for Anima's two text paths: which token ids does a prompt become?
 
-Anima tokenises every prompt twice (ANIMA.md §5): a Qwen2 byte-level BPE tokeniser feeds the Qwen3 text
-encoder (no BOS, no EOS, no chat template; pad ``<|endoftext|>``), and a T5 Unigram tokeniser gives the
+Anima tokenises every prompt twice (docs/anima.md, "Text path"): a Qwen2 byte-level BPE tokeniser feeds the Qwen3
+text encoder (no BOS, no EOS, no chat template; pad ``<|endoftext|>``), and a T5 Unigram tokeniser gives the
 target ids of the LLM adapter (``<pad>``=0, ``</s>``=1 appended to every prompt, ``<unk>``=2). Probes that
 compare prompts token by token need exactly these ids, so this module
 

@@ -2,8 +2,8 @@
 
 Question this module answers: *which latent does the Anima DiT actually see for an image, and how do we get
 back to pixels?* Anima denoises Wan2.1-normalised latents ``(z - mean) / std`` of the Qwen-Image VAE, a
-Wan2.1-architecture 3D causal VAE (facts: ANIMA.md section 6). Images are T=1 videos inside the VAE; the
-public functions here hide that and speak (B, 3, H, W) pixels in [-1, 1] and (B, 16, H/8, W/8) latents.
+Wan2.1-architecture 3D causal VAE (docs/anima.md, "VAE and latent normalisation"). Images are T=1 videos inside the
+VAE; the public functions here hide that and speak (B, 3, H, W) pixels in [-1, 1] and (B, 16, H/8, W/8) latents.
 
 The published ``qwen_image_vae.safetensors`` uses the original Wan2.1 key names (``encoder.downsamples.N``,
 ``decoder.upsamples.N``, ``middle.K.residual.J``, ``head.2``, top-level ``conv1``/``conv2``). diffusers'
@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLQwenImage
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-# Wan2.1 latent statistics (ComfyUI latent_formats.Wan21, diffusers and diffusion-pipe agree; ANIMA.md s.6).
+from anima_probe.model.files import ModelFileError, check_layout, load_tensors, tensor_shapes
+
+# Wan2.1 latent statistics (ComfyUI latent_formats.Wan21; diffusers and diffusion-pipe agree). docs/anima.md holds
+# them as a table, which tests/integration/model/test_vae.py compares with these.
 LATENT_MEAN: tuple[float, ...] = (
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
     0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
@@ -39,10 +40,6 @@ WAN_FORMAT = "wan-single-file"
 DIFFUSERS_FILE_FORMAT = "diffusers-single-file"
 DIFFUSERS_FOLDER_FORMAT = "diffusers-folder"
 _SHOW = 5  # offending keys named per category in an error message
-
-
-class VAEFileError(ValueError):
-    """A VAE file that cannot be read or does not match the architecture it claims."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -192,19 +189,6 @@ def infer_vae_config(state_dict: Mapping[str, object]) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # Strict loading
 # ---------------------------------------------------------------------------------------------------------
-def _open(path: Path):
-    """``safe_open`` whose failures (truncated file, not safetensors at all) name the file."""
-    try:
-        return safe_open(str(path), framework="pt", device="cpu")
-    except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ...
-        raise VAEFileError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from exc
-
-
-def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    with _open(path) as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-
-
 def _resolve(path: Path) -> tuple[Path, str, dict | None]:
     """(weights file, format, config.json dict or None) for a single file or a diffusers folder."""
     if path.is_dir():
@@ -213,40 +197,19 @@ def _resolve(path: Path) -> tuple[Path, str, dict | None]:
             return _resolve(path / "vae")  # a pipeline folder: its VAE lives in vae/
         for needed in (config_path, weights):
             if not needed.is_file():
-                raise VAEFileError(f"{path} ({DIFFUSERS_FOLDER_FORMAT}): {needed.name} is missing")
+                raise ModelFileError(f"{path} ({DIFFUSERS_FOLDER_FORMAT}): {needed.name} is missing")
         config = AutoencoderKLQwenImage.load_config(str(path), local_files_only=True)
         if config.get("_class_name", "AutoencoderKLQwenImage") not in (
             "AutoencoderKLQwenImage",
             "AutoencoderKLWan",
         ):
-            raise VAEFileError(
+            raise ModelFileError(
                 f"{config_path}: _class_name {config['_class_name']!r} is not a Qwen-Image/Wan VAE"
             )
         return weights, DIFFUSERS_FOLDER_FORMAT, dict(config)
     if not path.is_file():
-        raise VAEFileError(f"{path}: no such VAE file or folder")
+        raise ModelFileError(f"{path}: no such VAE file or folder")
     return path, "", None
-
-
-def _mismatch_report(file_shapes: Mapping[str, tuple], model_shapes: Mapping[str, tuple], to_file) -> str:
-    """'N missing keys: ...; N unexpected: ...; N mis-shaped: ...' in the file's own key naming."""
-    missing = sorted(to_file(k) for k in model_shapes.keys() - file_shapes.keys())
-    unexpected = sorted(to_file(k) for k in file_shapes.keys() - model_shapes.keys())
-    misshaped = sorted(
-        f"{to_file(k)} file {list(file_shapes[k])} vs model {list(model_shapes[k])}"
-        for k in file_shapes.keys() & model_shapes.keys()
-        if file_shapes[k] != model_shapes[k]
-    )
-    if not (missing or unexpected or misshaped):
-        return ""
-
-    def part(names: list[str], what: str) -> str:
-        more = ", ..." if len(names) > _SHOW else ""
-        return f"{len(names)} {what}" + (f": {', '.join(names[:_SHOW])}{more}" if names else "")
-
-    return "; ".join(
-        [part(missing, "missing keys"), part(unexpected, "unexpected"), part(misshaped, "mis-shaped")]
-    )
 
 
 def load_vae(
@@ -255,21 +218,21 @@ def load_vae(
     """Frozen, eval-mode Qwen-Image VAE from a Wan-named single file or a local diffusers folder.
 
     The model is built on the meta device and the tensors are assigned into it one by one, so the file is
-    never held twice in memory. Any missing, unexpected or mis-shaped key raises ``VAEFileError``.
+    never held twice in memory. Any missing, unexpected or mis-shaped key raises ``ModelFileError``.
     """
     path = Path(path)
     weights, fmt, config = _resolve(path)
-    shapes = _file_shapes(weights)
+    shapes = tensor_shapes(weights)
     fmt = fmt or detect_format(shapes)
     if fmt is None:
-        raise VAEFileError(
+        raise ModelFileError(
             f"{path}: keys are neither Wan2.1 nor diffusers VAE names; first: {sorted(shapes)[:_SHOW]}"
         )
     if config is None:
         try:
             config = infer_vae_config(shapes)
         except ValueError as exc:
-            raise VAEFileError(f"{path} ({fmt}): {exc}") from exc
+            raise ModelFileError(f"{path} ({fmt}): {exc}") from exc
     res = config.get("num_res_blocks", 2)
     to_model = (lambda k: wan_to_diffusers_key(k, res)) if fmt == WAN_FORMAT else (lambda k: k)
     to_file = (lambda k: diffusers_to_wan_key(k, res)) if fmt == WAN_FORMAT else (lambda k: k)
@@ -278,12 +241,10 @@ def load_vae(
     model_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     renamed = {to_model(k): s for k, s in shapes.items()}
     if len(renamed) != len(shapes):
-        raise VAEFileError(f"{path} ({fmt}): two file keys map to one model key")
-    if problems := _mismatch_report(renamed, model_shapes, to_file):
-        raise VAEFileError(f"{path} ({fmt}): {problems}")
-    with _open(weights) as f:
-        # One tensor at a time: a bf16 file cast to fp32 frees each bf16 tensor right after its copy.
-        state = {to_model(k): f.get_tensor(k).to(device=device, dtype=dtype) for k in f.keys()}
+        raise ModelFileError(f"{path} ({fmt}): two file keys map to one model key")
+    check_layout(renamed, model_shapes, path, fmt, to_file)
+    # One tensor at a time: a bf16 file cast to fp32 frees each bf16 tensor right after its copy.
+    state = load_tensors(weights, {k: to_model(k) for k in shapes}, dtype, device)
     model.load_state_dict(state, strict=True, assign=True)
     _check_materialised(model, path)
     return model.eval().requires_grad_(False)
@@ -293,7 +254,7 @@ def _check_materialised(model: torch.nn.Module, path: Path) -> None:
     """The model has no non-persistent buffers today; should diffusers add one, fail here, not at forward."""
     on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if on_meta:
-        raise VAEFileError(f"{path}: tensors left on the meta device after loading: {on_meta[:_SHOW]}")
+        raise ModelFileError(f"{path}: tensors left on the meta device after loading: {on_meta[:_SHOW]}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,55 +313,3 @@ def decode(vae: AutoencoderKLQwenImage, latents: torch.Tensor) -> torch.Tensor:
     z = denormalise(latents.float()).to(device=device, dtype=dtype).unsqueeze(2)  # (B, 16, 1, h, w)
     video = vae.decode(z).sample  # (B, 3, 1, 8h, 8w)
     return video.squeeze(2).float()  # (B, 3, 8h, 8w)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Tiny twins for tests
-# ---------------------------------------------------------------------------------------------------------
-def tiny_vae_state_dict(
-    seed: int = 0,
-    base_dim: int = 8,
-    z_dim: int = 16,
-    dim_mult: Sequence[int] = (1, 2, 2, 2),
-    num_res_blocks: int = 1,
-    temperal_downsample: Sequence[bool] = (False, True, True),
-) -> dict[str, torch.Tensor]:
-    """Seeded random fp32 weights in diffusers naming, independent of torch's default init functions."""
-    with torch.device("meta"):
-        model = AutoencoderKLQwenImage(
-            base_dim=base_dim,
-            z_dim=z_dim,
-            dim_mult=list(dim_mult),
-            num_res_blocks=num_res_blocks,
-            temperal_downsample=list(temperal_downsample),
-        )
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, meta in sorted(model.state_dict().items()):
-        noise = torch.randn(meta.shape, generator=gen, dtype=torch.float32)
-        if name.endswith(".gamma"):
-            state[name] = 1.0 + 0.1 * noise  # RMS-norm gains near 1, but distinct so swaps are visible
-        elif name.endswith(".bias"):
-            state[name] = 0.01 * noise
-        else:  # fan-in scaling keeps activations O(1) through the random network
-            state[name] = noise / max(1, meta[0].numel()) ** 0.5
-    return state
-
-
-def write_tiny_vae(
-    path: str | Path,
-    seed: int = 0,
-    base_dim: int = 8,
-    z_dim: int = 16,
-    dim_mult: Sequence[int] = (1, 2, 2, 2),
-    num_res_blocks: int = 1,
-    temperal_downsample: Sequence[bool] = (False, True, True),
-) -> Path:
-    """A tiny random Qwen-Image VAE in the published file's Wan2.1 key naming; byte-identical per seed."""
-    state = tiny_vae_state_dict(seed, base_dim, z_dim, dim_mult, num_res_blocks, temperal_downsample)
-    wan = {diffusers_to_wan_key(k, num_res_blocks): v.contiguous() for k, v in state.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # One metadata entry only: safetensors stores metadata as a hash map, so several entries could reorder.
-    save_file(wan, str(path), metadata={"format": "pt"})
-    return path

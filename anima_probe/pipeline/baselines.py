@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anima_probe.pipeline.runs import REPO_ROOT, ResultRecord, atomic_write_json, read_run
+from anima_probe.pipeline.atomic import atomic_write_json
+from anima_probe.pipeline.provenance import REPO_ROOT
+from anima_probe.pipeline.runs import ResultRecord, read_run
 
 STATUSES = ("ok", "improved", "new", "regressed", "missing", "version-mismatch", "model-mismatch",
             "config-mismatch")

@@ -19,12 +19,11 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from tqdm.auto import tqdm
 
-from anima_probe.pipeline.runs import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from anima_probe.model.files import ModelFileError, load_tensors, save_tensors
+from anima_probe.pipeline.atomic import atomic_write_json, atomic_write_text
+from anima_probe.pipeline.provenance import sha256_file
 from anima_probe.probes.pooling import STRATEGIES, pool_all
 
 CACHE_VERSION = "1"  # bump when what an entry holds changes
@@ -108,8 +107,8 @@ class EmbeddingCache:
         if not path.exists():
             return None
         try:
-            return st_load(path.read_bytes())
-        except (SafetensorError, OSError, ValueError) as err:
+            return load_tensors(path)
+        except (ModelFileError, OSError) as err:
             warnings.warn(f"{path}: unreadable cache entry ({err}); recomputing", stacklevel=3)
             return None
 
@@ -123,7 +122,7 @@ class EmbeddingCache:
         entries = {}
         for i, prompt in enumerate(prompts):
             entry = {f"{src}/{name}": v[i].cpu().contiguous() for src, d in pooled.items() for name, v in d.items()}
-            atomic_write_bytes(self._path(prompt), st_save(entry))
+            save_tensors(entry, self._path(prompt))
             entries[prompt] = entry
         return entries
 

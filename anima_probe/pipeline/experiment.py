@@ -26,7 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from anima_probe.pipeline.runs import REPO_ROOT, ResultRecord, write_run
+from anima_probe.pipeline.freshness import source_fingerprint, staleness, write_stamp
+from anima_probe.pipeline.provenance import REPO_ROOT
+from anima_probe.pipeline.rundirs import resolve_latest
+from anima_probe.pipeline.runs import ResultRecord, write_run
 
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 
@@ -178,7 +181,6 @@ def run(name: str, overrides: list[str] | dict | None = None, *, anima=None, mod
     """Run one experiment and write its numbered run folder (stamped with its source, see freshness); returns it."""
     from anima_probe.model.anima import load_anima
     from anima_probe.pipeline.cache import default_cache_dir
-    from anima_probe.pipeline.freshness import source_fingerprint, write_stamp
 
     exp = get(name, registry)
     source = source_fingerprint(exp, source_root)  # taken before the run: a file edited while it runs is not its source
@@ -193,3 +195,20 @@ def run(name: str, overrides: list[str] | dict | None = None, *, anima=None, mod
     run_dir = write_run(results, record, figures=result.figures, extra_files=result.tables)
     write_stamp(run_dir, exp, source, source_root)  # lets `anima-probe report` reuse a default-config run (anima_probe.pipeline.freshness)
     return run_dir
+
+
+def ensure_fresh(names: list[str], registry: dict, anima, results: str | Path, *, force: bool = False,
+                 progress: bool = True, log=print, root: str | Path = REPO_ROOT) -> dict[str, Path]:
+    """Rerun each stale experiment (all of them when `force`) with its default config; returns name -> run dir."""
+    files = model_record(anima)["files"]
+    out = {}
+    for name in names:
+        exp = registry[name]
+        reasons = ["forced"] if force else staleness(exp, results, files, source_fingerprint(exp, root), root)
+        if reasons:
+            log(f"{name}: running ({'; '.join(reasons)})")
+            run(name, [], anima=anima, results=results, progress=progress, registry=registry, source_root=root)
+        else:
+            log(f"{name}: fresh, reusing {resolve_latest(results, name)}")
+        out[name] = resolve_latest(results, name)
+    return out

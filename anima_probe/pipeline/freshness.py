@@ -25,7 +25,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from anima_probe.pipeline.runs import REPO_ROOT, atomic_write_json, read_run, resolve_latest
+from anima_probe.pipeline.atomic import atomic_write_json
+from anima_probe.pipeline.provenance import REPO_ROOT
+from anima_probe.pipeline.rundirs import resolve_latest
+from anima_probe.pipeline.runs import read_run
 
 STAMP = "source.json"
 SOURCE_GLOBS = ("anima_probe/**/*.py", "anima_probe/**/*.json", "data/manifests/**/*")
@@ -110,22 +113,3 @@ def staleness(exp, results: str | Path, model_files: dict[str, str], source: str
     elif stamp != (source or source_fingerprint(exp, root)):
         reasons.append("source changed since the run")
     return reasons
-
-
-def ensure_fresh(names: list[str], registry: dict, anima, results: str | Path, *, force: bool = False,
-                 progress: bool = True, log=print, root: str | Path = REPO_ROOT) -> dict[str, Path]:
-    """Rerun each stale experiment (all of them when `force`) with its default config; returns name -> run dir."""
-    from anima_probe.pipeline.experiment import model_record, run
-
-    files = model_record(anima)["files"]
-    out = {}
-    for name in names:
-        exp = registry[name]
-        reasons = ["forced"] if force else staleness(exp, results, files, source_fingerprint(exp, root), root)
-        if reasons:
-            log(f"{name}: running ({'; '.join(reasons)})")
-            run(name, [], anima=anima, results=results, progress=progress, registry=registry, source_root=root)
-        else:
-            log(f"{name}: fresh, reusing {resolve_latest(results, name)}")
-        out[name] = resolve_latest(results, name)
-    return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 from anima_probe.pipeline.baselines import (
@@ -28,14 +29,18 @@ from anima_probe.pipeline.baselines import (
     save_baseline,
     update_baseline,
 )
-from anima_probe.pipeline.runs import REPO_ROOT, ResultRecord, read_run, resolve_latest, utc_now
+from anima_probe.pipeline.provenance import REPO_ROOT, utc_now
+from anima_probe.pipeline.rundirs import resolve_latest
+from anima_probe.pipeline.runs import ResultRecord, read_run
 
 TIERS = {"toy": "the bundled toy world (data/toyworld/model)", "anima": "the real Anima weights (--model DIR)"}
 
 
 def tier_results(tier: str) -> Path:
-    """Where a tier's runs live: results/ for the toy world, results/<tier>/ otherwise."""
-    return Path("results") if tier == "toy" else Path("results") / tier
+    """Where a tier's runs live: results/ for the toy world, results/<tier>/ otherwise; $ANIMA_PROBE_RESULTS
+    replaces results/ (CI points it at a scratch folder, so nothing is written into the checkout)."""
+    root = Path(os.environ.get("ANIMA_PROBE_RESULTS", "results"))
+    return root if tier == "toy" else root / tier
 
 
 def provenance_checks(record: ResultRecord, baseline: dict) -> list[Check]:
@@ -150,8 +155,7 @@ def measure_tolerances(name: str, tier: str, results: str | Path, *, anima, regi
     ``<results>/tolerance-runs/`` so the latest pointers the reports use stay on default-config runs, and a
     finished seed run there is reused (`reusable_run`), so an interrupted measurement resumes.
     """
-    from anima_probe.pipeline.experiment import run
-    from anima_probe.pipeline.freshness import ensure_fresh
+    from anima_probe.pipeline.experiment import ensure_fresh, run
 
     exp = registry[name]
     reference = read_run(ensure_fresh([name], registry, anima, results, progress=progress, log=log)[name])

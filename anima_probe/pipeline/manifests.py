@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anima_probe.pipeline.runs import REPO_ROOT, atomic_write_text
+from anima_probe.pipeline.atomic import atomic_write_text
+from anima_probe.pipeline.provenance import REPO_ROOT
 
 MANIFEST_DIR = REPO_ROOT / "data" / "manifests"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

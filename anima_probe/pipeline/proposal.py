@@ -1,9 +1,9 @@
 """What did the proposal claim, number by number, so every report can set its run beside the claim?
 
-Transcribed from the public proposal (HF discussion #122, `/work/shared/seed/proposal-modulation-guidance.txt`
-in this workspace): real Anima weights, 1,416 images of 37 artists for the pooling table, 8 content types for the
-directions. A run on the toy world is not expected to reproduce these values (another model, another caption
-set); the reports show them side by side so the reader compares like with like on the real weights.
+Transcribed from the public proposal, HF discussion #122 of circlestone-labs/Anima (docs/proposal.md, "The claims,
+number by number", with its URL): real Anima weights, 1,416 images of 37 artists for the pooling table, 8 content
+types for the directions. A run on the toy world is not expected to reproduce these values (another model, another
+caption set); the reports show them side by side so the reader compares like with like on the real weights.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """How strongly does Anima's velocity respond to a vector added at a point of its modulation path?
 
-The proposal's injection-point comparison (proposal §"Injection point comparison"): a projected pooled text vector is
-added, scaled by alpha, at one of three points of the time-embedding path, and the velocity is compared with the
-unperturbed model's. The three points, as hook names (`anima_probe.probes.hooks`):
+The proposal's injection-point comparison (docs/proposal.md, "The claims, number by number", claim 3): a projected
+pooled text vector is added, scaled by alpha, at one of three points of the time-embedding path, and the velocity
+is compared with the unperturbed model's. The three points, as hook names (`anima_probe.probes.hooks`):
 
     before_norm   t_embedding_norm.input   (B, D)   the raw sinusoid, before the RMSNorm that feeds every block
     after_norm    t_embedding_norm         (B, D)   the RMSNorm output: every block's AdaLN heads and the final layer

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from anima_probe.pipeline.manifests import MANIFEST_DIR, CaptionRow, write_caption_set
-from anima_probe.pipeline.runs import REPO_ROOT
+from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.toyworld.world import generate
 
 TOYWORLD_CAPTIONS = MANIFEST_DIR / "toyworld_captions.csv"

@@ -30,15 +30,16 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from anima_probe.guidance.modulation import POOLED_TEXT_PROJ, constant, inject
+from anima_probe.guidance.families import POOLED_TEXT_PROJ
+from anima_probe.guidance.modulation import constant, inject
 from anima_probe.guidance.sources import PooledTextProjection, load_pooled_text_proj
 from anima_probe.model.anima import CROSSATTN_TOKENS
 from anima_probe.model.text import PromptTokens, crossattn
-from anima_probe.pipeline.runs import REPO_ROOT
+from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.probes.pooling import pool_named
 from anima_probe.toyworld.world import ARTISTS, ToyImage, quality_tags
 
-POOLING = "max_padded"  # sorryhyun's pooling, which guided.prepare_pooled_text uses at inference
+POOLING = "max_padded"  # sorryhyun's pooling, which guided.prepare uses at inference for this family
 PROJECTION_FILE = "pooled_text_proj.safetensors"  # inside the model folder: a model that carries its own source
 SHIPPED = REPO_ROOT / "data" / "toyworld" / "positive_control" / "model"  # its projection inside (PROJECTION_FILE)
 _STRIP_STREAM = 424_243  # the half-split draws from its own seed stream, never from a training step's
@@ -126,13 +127,14 @@ def guidance_check(anima, projection: PooledTextProjection, pos: str, neg: str, 
     (cfg, w) as the mean paired change against w = 0 with a 95 % bootstrap CI over *prompts* (each prompt's
     `seeds` noise rows are one cluster), and the share of images the scorer can read (`scorer.in_range`)."""
     from anima_probe.guidance.dose import scores, toy_prompts
-    from anima_probe.guidance.guided import Cell, Guidance, initial_noise, prepare_pooled_text, sample_cells
+    from anima_probe.guidance.guided import Cell, Guidance, prepare, sample_cells
+    from anima_probe.guidance.samplers import initial_noise
     from anima_probe.probes.stats import bootstrap_ci
     from anima_probe.toyworld.scorer import in_range
 
     rows = [p for _ in range(seeds) for p in toy_prompts(prompts)]  # row r: prompt r % prompts
     noise = initial_noise(anima, len(rows), 32, seed)  # (R, 3, 32, 32)
-    gp = prepare_pooled_text(anima, projection, rows, pos, neg)
+    gp = prepare(anima, projection, rows, pos, neg)
     out = []
     for cfg in cfgs:
         x = sample_cells(anima, gp, [Cell(Guidance(w), cfg) for w in ws], noise, steps=steps, shift=shift)
@@ -157,12 +159,11 @@ def calibrated_dose(anima, projection: PooledTextProjection, pos: str, neg: str,
     control that delta is ~1.6x the whole trained quality span (score_1 .. score_9 captions sit at w = -0.46 ..
     +0.16), so w >= 0.5 drives the modulation off the trained support. This dose stays inside it by construction."""
     from anima_probe.guidance.dose import toy_prompts
-    from anima_probe.guidance.guided import prepare_pooled_text
+    from anima_probe.guidance.guided import prepare
 
     rows = toy_prompts(prompts)
-    plain = prepare_pooled_text(anima, projection, rows, pos, neg)
-    tagged = prepare_pooled_text(anima, projection, [f"{', '.join(quality_tags(quality))}, {r}" for r in rows],
-                                 pos, neg)
+    plain = prepare(anima, projection, rows, pos, neg)
+    tagged = prepare(anima, projection, [f"{', '.join(quality_tags(quality))}, {r}" for r in rows], pos, neg)
     d = plain.delta.flatten()  # (W,)
     return float(((tagged.base_cond - plain.base_cond) @ d).mean() / (d @ d))
 
@@ -171,11 +172,10 @@ def known_answer(anima, projection: PooledTextProjection, pos: str, neg: str, ne
                  **kw) -> pd.DataFrame:
     """The check at the calibrated dose (w = 0, w_cal / 2, w_cal): p+/p-, swapped, and a neutral pair (two
     artist tags: artist and quality are independent in the world) dosed to the same modulation length."""
-    from anima_probe.guidance.guided import prepare_pooled_text
+    from anima_probe.guidance.guided import prepare
 
     w_cal = calibrated_dose(anima, projection, pos, neg)
-    deltas = prepare_pooled_text(anima, projection, [""], pos, neg).delta, \
-        prepare_pooled_text(anima, projection, [""], *neutral).delta
+    deltas = prepare(anima, projection, [""], pos, neg).delta, prepare(anima, projection, [""], *neutral).delta
     w_neutral = w_cal * float(deltas[0].norm() / deltas[1].norm())
     frames = [guidance_check(anima, projection, a, b, ws=(0.0, w / 2, w), **kw).assign(pair=name, w_cal=w)
               for a, b, name, w in ((pos, neg, "p+/p-", w_cal), (neg, pos, "swapped", w_cal),
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from anima_probe.model.anima import load_anima
+    from anima_probe.pipeline.atomic import atomic_write_text
     from anima_probe.pipeline.manifests import load_prompt_sets
-    from anima_probe.pipeline.runs import atomic_write_text
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("--model", default=str(SHIPPED))

@@ -24,12 +24,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
+from anima_probe.guidance import families
+from anima_probe.guidance.samplers import cfg_velocity, latent_shape, sample_euler, simple_sigmas
 from anima_probe.model.anima import CROSSATTN_TOKENS
 from anima_probe.model.text import encode_prompts
 from anima_probe.pipeline.cache import fingerprint
 from anima_probe.pipeline.manifests import read_caption_set
-from anima_probe.probes.pooling import pool_named
 from anima_probe.training import loop as training
 
 DATA_SOURCES = ("images", "teacher")
@@ -104,8 +104,7 @@ def teacher_samples(anima, crossattn: torch.Tensor, empty: torch.Tensor, size: i
 
     Row j's noise depends on (seed, start + j) alone: ``start`` is the first row's number in the caption set.
     """
-    side = size // (8 if anima.vae is not None else 1)
-    shape = (anima.dit_config.in_channels, side, side)
+    shape = latent_shape(anima, size)
     sigmas = simple_sigmas(steps, shift)
     pad = CROSSATTN_TOKENS - crossattn.shape[1]
     out = []
@@ -113,10 +112,7 @@ def teacher_samples(anima, crossattn: torch.Tensor, empty: torch.Tensor, size: i
         cond = torch.nn.functional.pad(crossattn[i : i + batch_size], (0, 0, 0, pad)).to(anima.device)  # (b, 512, Dt)
         uncond = torch.nn.functional.pad(empty, (0, 0, 0, pad)).to(anima.device).expand_as(cond)
         x = torch.stack([row_noise(seed, start + j, shape) for j in range(i, i + len(cond))]).to(anima.device)
-
-        def velocity(x_t, sigma, cond=cond, uncond=uncond):
-            return cfg_combine(anima.velocity(x_t, sigma, cond), anima.velocity(x_t, sigma, uncond), cfg)
-
+        velocity = cfg_velocity(anima.velocity, cond, uncond, cfg)
         out.append(sample_euler(velocity, x, sigmas, disable=True).float().cpu())  # (b, C, h, w)
     return torch.cat(out)
 
@@ -126,10 +122,7 @@ def _text(anima, captions: list[str], cfg, clip, progress: bool):
     tc = encode_prompts(anima, captions + [""], empty_prompt=cfg.empty_prompt, progress=progress)
     length = max(1, int(tc.t5_mask.sum(1).max()))  # rows past every caption's T5 tokens are zeros
     crossattn = tc.crossattn_emb[:, :length].cpu()  # (N+1, L, Dt), still a view of the 512-row storage
-    if cfg.family == "cosmos":
-        pooled = clip.pooled(captions)  # (N, clip_dim)
-    else:
-        pooled = pool_named(tc.crossattn_emb[:-1].float(), tc.t5_mask[:-1], cfg.pooling)  # (N, Dt)
+    pooled = families.get(cfg.family).pool(captions, tc.select(slice(0, -1)), clip, cfg.pooling)  # (N, P)
     # clones: a saved view would drag the whole 512-row storage into the cache file
     return crossattn[:-1].clone(), crossattn[-1:].clone(), pooled.float().cpu()
 
@@ -151,8 +144,7 @@ def prepare_data(anima, cfg, manifest, cache_path: Path, clip=None, progress: bo
     manifest, cache_path = Path(manifest), Path(cache_path)
     if cfg.data not in DATA_SOURCES:
         raise ValueError(f"data must be one of {DATA_SOURCES}, got {cfg.data!r}")
-    if cfg.family == "cosmos" and clip is None:
-        raise ValueError("family 'cosmos' reads CLIP-L pooled text: pass a CLIP model (--clip FILE)")
+    families.get(cfg.family).require_clip(clip)
     key = cache_key(cfg, anima, clip, manifest)
     cached = training.load_checkpoint(cache_path)
     if cached is not None and cached.get("key") == key:

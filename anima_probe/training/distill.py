@@ -1,11 +1,12 @@
 """Can a pooled-text modulation source learn to stand in for cross-attention? The paper's Section-5 distillation.
 
 Teacher: the frozen Anima with the real prompt's ``crossattn_emb``. Student: the same frozen DiT with the *empty*
-prompt's ``crossattn_emb`` plus the modulation source fed the real prompt, injected by ``guidance.inject`` (the one
+prompt's ``crossattn_emb`` plus the modulation source fed the real prompt, injected by ``modulation.inject`` (the one
 injection the guided sampler also uses). Loss: MSE between the two velocities on the same noised input, sigma drawn
-logit-normal (optionally shifted). Only the source trains, in fp32 whatever the DiT's dtype. Families (facts sheet
-§1.4, §2.2): ``pooled_text_proj`` (sorryhyun: max-pooled crossattn_emb -> D, added to every block's and the final
-layer's ``embedded_timestep``) and ``cosmos`` (the paper: CLIP-L pooled -> 3D, ``scales[i] * m`` on block i's temb).
+logit-normal (optionally shifted). Only the source trains, in fp32 whatever the DiT's dtype. Any registered family
+trains (``guidance/families.py``): ``pooled_text_proj`` (sorryhyun: max-pooled crossattn_emb -> D, added to every
+block's and the final layer's ``embedded_timestep``) and ``cosmos`` (the paper: CLIP-L pooled -> 3D, ``scales[i] * m``
+on block i's temb); their sources are in docs/modulation-guidance.md ("Section 5", "The two Anima ports").
 
 A run is a folder: ``checkpoint/checkpoint.pt`` (atomic, exact resume: every step's batch, sigmas and noise are a
 function of (seed, step) alone, so rerunning the same command continues the same trajectory), ``loss.csv``,
@@ -27,20 +28,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from anima_probe.guidance.modulation import COSMOS, POOLED_TEXT_PROJ, Modulation, constant, inject
-from anima_probe.guidance.sources import (
-    CosmosPooledAdapter,
-    PooledTextProjection,
-    save_cosmos_pooled_adapter,
-    save_pooled_text_proj,
-)
+from anima_probe.guidance import families
+from anima_probe.guidance.families import POOLED_TEXT_PROJ
+from anima_probe.guidance.modulation import Modulation, constant, inject
 from anima_probe.model.flow import add_noise, logit_normal_sigmas
-from anima_probe.pipeline.runs import atomic_write_json, new_figure, save_figure
+from anima_probe.pipeline.atomic import atomic_write_json
+from anima_probe.pipeline.figures import new_figure, save_figure
 from anima_probe.training import loop as training
 from anima_probe.training.data import DistillData, prepare_data
 
-FAMILIES = (POOLED_TEXT_PROJ, COSMOS)
-OUTPUT_FILES = {POOLED_TEXT_PROJ: "pooled_text_proj.safetensors", COSMOS: "cosmos_pooled_adapter.safetensors"}
 _VAL_STREAM = 104_729  # the fixed validation noise is drawn from its own seed, never from a training step's
 
 
@@ -73,8 +69,7 @@ class DistillConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        families.get(self.family)  # a registered family, or a ValueError naming the known ones
         if self.steps < 1 or self.batch_size < 1 or self.val_every < 1 or self.checkpoint_every < 1:
             raise ValueError("steps, batch_size, val_every and checkpoint_every must be >= 1")
 
@@ -82,29 +77,30 @@ class DistillConfig:
 class Student(torch.nn.Module):
     """The trainable source and how its output becomes per-block vectors (one module, so DDP sees one forward)."""
 
-    def __init__(self, source: PooledTextProjection | CosmosPooledAdapter, num_blocks: int):
+    def __init__(self, source: torch.nn.Module, num_blocks: int):
         super().__init__()
         self.source, self.num_blocks = source, num_blocks
-        self.family = COSMOS if isinstance(source, CosmosPooledAdapter) else POOLED_TEXT_PROJ
+        self.family = families.family_of(source).name
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        """pooled (B, P) -> (B, D) for pooled_text_proj, or (N, B, 3D) per-block ``scales[i] * m`` for cosmos."""
-        if self.family == POOLED_TEXT_PROJ:
-            return self.source(pooled)  # (B, D)
-        m = self.source.project(pooled)  # (B, 3D)
-        return torch.stack([self.source.block_term(m, i) for i in range(self.num_blocks)])  # (N, B, 3D)
+        """pooled (B, P) -> (B, W) for a family with one vector for every block (pooled_text_proj), or (N, B, W)
+        per-block ``scales[i] * P`` for one with per-block scales (cosmos)."""
+        fam = families.get(self.family)
+        out = fam.project(self.source, pooled)  # (B, W)
+        if fam.block_scales is None:
+            return out
+        scales = fam.block_scales(self.source)  # (N, W), trained with the projection
+        return torch.stack(fam.block_vectors(lambda i: out, self.num_blocks, scales=scales))  # (N, B, W)
 
     def modulation(self, out: torch.Tensor) -> Modulation:
-        if self.family == POOLED_TEXT_PROJ:
-            return constant(POOLED_TEXT_PROJ, out, self.num_blocks)  # every block and the final layer
-        return Modulation(COSMOS, tuple(out))  # block i: scales[i] * m; the final layer keeps the plain temb
+        if families.get(self.family).block_scales is None:
+            return constant(self.family, out, self.num_blocks)  # every block and the family's final layer
+        return Modulation(self.family, tuple(out))  # block i: scales[i] * P; the final layer keeps the plain model
 
 
-def new_source(cfg: DistillConfig, anima, pooled_dim: int) -> PooledTextProjection | CosmosPooledAdapter:
+def new_source(cfg: DistillConfig, anima, pooled_dim: int) -> torch.nn.Module:
     torch.manual_seed(cfg.seed)  # the sources' default initialisers read the global generator
-    if cfg.family == COSMOS:
-        return CosmosPooledAdapter(anima.dit_config.hidden, anima.num_blocks, clip_dim=pooled_dim)
-    return PooledTextProjection(anima.dit_config.hidden, text_dim=pooled_dim)
+    return families.get(cfg.family).new_source(anima.dit_config.hidden, anima.num_blocks, pooled_dim)
 
 
 @contextlib.contextmanager
@@ -351,10 +347,10 @@ def _finish(run: _Run, nosource: dict) -> Path:
     prints = run.accelerator.gather(_fingerprint(run.source)[None]).cpu()  # (world, 8)
     if not torch.equal(prints, prints[:1].expand_as(prints)):
         raise RuntimeError(f"processes ended with different weights (fingerprints {prints.tolist()})")
-    path = run.out / OUTPUT_FILES[run.cfg.family]
+    family = families.get(run.cfg.family)
+    path = run.out / family.file_name
     if run.main:
-        save = save_cosmos_pooled_adapter if run.cfg.family == COSMOS else save_pooled_text_proj
-        save(run.source.cpu(), path)
+        family.save(run.source.cpu(), path)
         run.source.to(run.anima.device)
         val_rows = run.val_log.read()
         summary = {"family": run.cfg.family, "steps": run.cfg.steps, "processes": run.accelerator.num_processes,

@@ -9,11 +9,13 @@ without overwriting the last good checkpoint.
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
 
 import torch
+
+from anima_probe.pipeline.atomic import atomic_path, atomic_write_text
 
 
 def step_generator(seed: int, step: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -36,15 +38,9 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temp file, fsync, then rename: a crash never leaves a partial checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    """Written atomically: a crash never leaves a partial checkpoint behind, only the last complete one."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict | None:
@@ -64,10 +60,11 @@ class CSVLog:
         if resume_step and self.path.is_file():
             with self.path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) < resume_step]
-        with self.path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(self.path, buf.getvalue())  # a crash here keeps the old log, rows and all
 
     def write(self, **row) -> None:
         with self.path.open("a", newline="") as f:

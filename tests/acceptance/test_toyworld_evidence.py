@@ -7,14 +7,14 @@ import csv
 import pytest
 
 from anima_probe.pipeline.experiment import run
-from anima_probe.pipeline.report import load_run
+from anima_probe.pipeline.runs import read_run
 
 SMALL = {"artists": 2, "steps": 4, "classifier_images": 240, "pair_every": 4}
 
 
 def test_small_evidence_run_writes_grid_pairs_and_consistent_metrics(tmp_path):
     out = run("toyworld-evidence", SMALL, results=tmp_path / "results", cache_dir=tmp_path / "cache", progress=False)
-    m = load_run(out).metrics
+    m = read_run(out).metrics
     assert m["chance/artist"] == pytest.approx(0.5) and m["chance/content"] == pytest.approx(0.125)
     assert 0 <= m["accuracy/artist"] <= 1 and 0 <= m["accuracy/content"] <= 1
     with (out / "quality_pairs.csv").open() as f:

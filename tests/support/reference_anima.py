@@ -1,11 +1,12 @@
 """Does the diffusers-based loader compute Anima's math? An independent plain-torch reference to compare against.
 
-Written from the facts sheet (`/work/shared/reference/ANIMA.md` §1, §3, §4) alone, not from diffusers, ComfyUI or
-any other implementation: it reads the *bare-named* published state dict (`blocks.0.self_attn.q_proj.weight`,
-`llm_adapter.blocks.0.cross_attn.o_proj.weight`, ...) and runs MiniTrainDIT's forward and the LLM adapter's with
-nothing but `torch.nn.functional`. Every dimension is read from tensor shapes. A test helper, not part of the package.
+Written from the facts in docs/anima.md ("Architecture and dimensions", "Forward pass", "LLM adapter") alone, not
+from diffusers, ComfyUI or any other implementation: it reads the *bare-named* published state dict
+(`blocks.0.self_attn.q_proj.weight`, `llm_adapter.blocks.0.cross_attn.o_proj.weight`, ...) and runs MiniTrainDIT's
+forward and the LLM adapter's with nothing but `torch.nn.functional`. Every dimension is read from tensor shapes. A
+test helper, not part of the package.
 
-The 3D RoPE split of a DiT head, generalised from the sheet's 128 -> 42 (h) / 42 (w) / 44 (t):
+The 3D RoPE split of a DiT head, generalised from the released 128 -> 42 (h) / 42 (w) / 44 (t):
     dim_h = dim_w = 2 * (head_dim // 6),   dim_t = head_dim - 2 * dim_h
 (head_dim 32 -> 10/10/12, 64 -> 20/20/24, 128 -> 42/42/44). Each axis of width d has d/2 frequency pairs,
 freq_i = theta^(-2i/d); theta_h = theta_w = 10000 * 4^(dim_h / (dim_h - 2)) (NTK extrapolation 4), theta_t = 10000.

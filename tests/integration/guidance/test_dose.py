@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from anima_probe.guidance import dose
+from anima_probe.guidance.eq3 import CFGRowPolicy
 from anima_probe.guidance.sources import (
-    CFGRowPolicy,
     CosmosPooledAdapter,
     PooledTextProjection,
     save_cosmos_pooled_adapter,
@@ -21,7 +21,7 @@ from anima_probe.guidance.sources import (
 )
 from anima_probe.model.clip import write_tiny_clip
 from anima_probe.pipeline.experiment import Context, apply_overrides, get
-from anima_probe.pipeline.runs import REPO_ROOT
+from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.toyworld.world import QUALITY_LEVELS
 
 TINY = {"prompts": "2", "seeds": "1", "ws": "0,2,4", "cfgs": "1,3", "steps": "2", "n_boot": "20",

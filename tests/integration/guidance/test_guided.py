@@ -8,31 +8,25 @@ import numpy as np
 import pytest
 import torch
 
+from anima_probe.guidance.families import COSMOS, POOLED_TEXT_PROJ, family_of, load_source
 from anima_probe.guidance.guided import (
     Cell,
     Guidance,
-    Schedule,
-    family_of,
-    grid_figure,
-    initial_noise,
-    load_source,
     modulation_for,
-    prepare_cosmos,
-    prepare_pooled_text,
+    prepare,
     sample_cells,
     sample_guided,
-    write_sample_run,
 )
-from anima_probe.guidance.modulation import COSMOS, POOLED_TEXT_PROJ
-from anima_probe.guidance.samplers import cfg_combine, sample_euler, simple_sigmas
+from anima_probe.guidance.samplers import cfg_combine, initial_noise, sample_euler, simple_sigmas
+from anima_probe.guidance.schedules import Schedule
 from anima_probe.guidance.sources import (
     CosmosPooledAdapter,
-    ModulationFileError,
     PooledTextProjection,
     save_cosmos_pooled_adapter,
     save_pooled_text_proj,
 )
 from anima_probe.model.clip import load_clip, write_tiny_clip
+from anima_probe.model.files import ModelFileError
 from anima_probe.model.text import encode_prompts
 from anima_probe.probes.pooling import pool_named
 
@@ -53,7 +47,7 @@ def _proj(anima, seed=1, zero=False):
 
 @pytest.fixture(scope="module")
 def gp(tiny_anima):
-    return prepare_pooled_text(tiny_anima, _proj(tiny_anima), PROMPTS, POS, NEG, NEGATIVE)
+    return prepare(tiny_anima, _proj(tiny_anima), PROMPTS, POS, NEG, NEGATIVE)
 
 
 def _noise(anima, seed=0):
@@ -76,7 +70,7 @@ def test_projection_runs_once_per_prompt_set_never_per_step_or_cell(tiny_anima):
     proj = _proj(tiny_anima)
     calls = []
     proj.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
-    gp = prepare_pooled_text(tiny_anima, proj, PROMPTS, POS, NEG, NEGATIVE)
+    gp = prepare(tiny_anima, proj, PROMPTS, POS, NEG, NEGATIVE)
     assert len(calls) == 3  # all bases in one call, then P(p+) and P(p-) for the delta
     cells = [Cell(Guidance(w), 4.0) for w in (0.0, 3.0)] + [Cell(Guidance(2.0, row_policy="both"), 2.0)]
     for steps in (1, 3):
@@ -88,7 +82,7 @@ def test_projection_runs_once_per_prompt_set_never_per_step_or_cell(tiny_anima):
 def test_row_policy_puts_the_delta_on_exactly_the_rows_it_says(tiny_anima, gp, policy):
     proj, n, B = _proj(tiny_anima), tiny_anima.num_blocks, len(PROMPTS)
 
-    def p(texts):  # the known answer, projected independently of prepare_pooled_text
+    def p(texts):  # the known answer, projected independently of prepare
         tc = encode_prompts(tiny_anima, texts)
         with torch.no_grad():
             return proj(pool_named(tc.crossattn_emb, tc.t5_mask, "max_padded"))
@@ -107,7 +101,7 @@ def test_row_policy_puts_the_delta_on_exactly_the_rows_it_says(tiny_anima, gp, p
 
 
 def test_zero_initialised_projection_samples_exactly_the_unguided_image(tiny_anima):
-    zero = prepare_pooled_text(tiny_anima, _proj(tiny_anima, zero=True), PROMPTS, POS, NEG, NEGATIVE)
+    zero = prepare(tiny_anima, _proj(tiny_anima, zero=True), PROMPTS, POS, NEG, NEGATIVE)
     noise = _noise(tiny_anima)
     plain = sample_guided(tiny_anima, zero, None, 4.0, noise, steps=3)
     for policy in ("both", "per-row-base"):
@@ -153,12 +147,12 @@ def test_cosmos_family_end_to_end_with_a_tiny_clip(tiny_anima, tmp_path):
     d, n = tiny_anima.dit_config.hidden, tiny_anima.num_blocks
     adapter = CosmosPooledAdapter(d, n, clip_dim=clip.dim)
     noise = _noise(tiny_anima)
-    gp0 = prepare_cosmos(tiny_anima, adapter, clip, PROMPTS, POS, NEG)
+    gp0 = prepare(tiny_anima, adapter, PROMPTS, POS, NEG, clip=clip)
     plain = sample_guided(tiny_anima, gp0, None, 4.0, noise, steps=2)
     assert torch.equal(sample_guided(tiny_anima, gp0, Guidance(3.0), 4.0, noise, steps=2), plain)  # scales = 0
     with torch.no_grad():
         adapter.scales.normal_(0.0, 0.05)
-    gp = prepare_cosmos(tiny_anima, adapter, clip, PROMPTS, POS, NEG)
+    gp = prepare(tiny_anima, adapter, PROMPTS, POS, NEG, clip=clip)
     mod = modulation_for(gp, Guidance(2.0, Schedule.parse("interval:1:1]")), n)  # official: uncond = P("")
     assert mod.touched == [1] and mod.final is None
     m = adapter.project(clip.pooled(PROMPTS + [""] + [POS, NEG])).detach()
@@ -173,30 +167,17 @@ def test_cosmos_family_end_to_end_with_a_tiny_clip(tiny_anima, tmp_path):
 def test_load_source_tells_the_families_apart(tiny_anima, tmp_path):
     d, n = tiny_anima.dit_config.hidden, tiny_anima.num_blocks
     a = load_source(save_pooled_text_proj(_proj(tiny_anima), tmp_path / "p.safetensors"), tiny_anima)
-    assert family_of(a) == POOLED_TEXT_PROJ
+    assert family_of(a).name == POOLED_TEXT_PROJ
     for suffix in (".pt", ".safetensors"):
         b = load_source(save_cosmos_pooled_adapter(CosmosPooledAdapter(d, n, 24), tmp_path / f"c{suffix}"), tiny_anima)
-        assert family_of(b) == COSMOS and b.clip_dim == 24
+        assert family_of(b).name == COSMOS and b.clip_dim == 24
     from safetensors.torch import save_file
 
     save_file({"foo": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
-    with pytest.raises(ModulationFileError, match="x.safetensors: neither a pooled_text_proj"):
+    with pytest.raises(ModelFileError, match="x.safetensors: neither a pooled_text_proj"):
         load_source(tmp_path / "x.safetensors", tiny_anima)
-    with pytest.raises(ModulationFileError, match="model_channels=64"):
+    with pytest.raises(ModelFileError, match="model_channels=64"):
         load_source(save_pooled_text_proj(PooledTextProjection(32, 32), tmp_path / "w.safetensors"), tiny_anima)
-
-
-def test_sample_run_folder_holds_grid_images_and_settings(tmp_path):
-    images = torch.rand(2, 3, 2, 3, 4, 4)  # (R, C, B, 3, H, W)
-    fig = grid_figure(images, ["off", "w=3"], ["cfg 1", "cfg 4", "cfg 7"])
-    run = write_sample_run(tmp_path, images, {"w": ["off", 3.0]}, fig)
-    again = write_sample_run(tmp_path, images, {"w": ["off", 3.0]}, fig)
-    assert run.name == "000-sample" and again.name == "001-sample"
-    saved = np.load(run / "images.npy")
-    assert saved.shape == (2, 3, 2, 4, 4, 3) and saved.dtype == np.uint8
-    assert np.array_equal(saved, (images.permute(0, 1, 2, 4, 5, 3) * 255).round().byte().numpy())
-    assert json.loads((run / "settings.json").read_text()) == {"w": ["off", 3.0]}
-    assert (run / "grid.png").stat().st_size > 0
 
 
 def test_cli_sample_writes_a_run_folder_with_the_resolved_settings(tiny_model_dir, tiny_anima, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from anima_probe.model.clip import EOS, MAX_LENGTH, load_clip, load_clip_tokenizer, write_tiny_clip
-from anima_probe.model.dit_file import CheckpointError
+from anima_probe.model.files import ModelFileError
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def _rewrite(tiny, tmp_path, edit):
 ])
 def test_bad_files_name_the_file_and_key(tiny, tmp_path, edit, message):
     bad = _rewrite(tiny, tmp_path, edit)
-    with pytest.raises(CheckpointError, match="bad/clip_l.safetensors") as err:
+    with pytest.raises(ModelFileError, match="bad/clip_l.safetensors") as err:
         load_clip(bad)
     assert message in str(err.value)
 
@@ -107,7 +107,7 @@ def test_missing_pieces_are_clear(tiny, tmp_path):
         load_clip(tmp_path / "lone.safetensors")
     (tmp_path / "trunc").mkdir()
     (tmp_path / "trunc" / "clip.safetensors").write_bytes(tiny.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="trunc/clip.safetensors"):
+    with pytest.raises(ModelFileError, match="trunc/clip.safetensors"):
         load_clip(tmp_path / "trunc" / "clip.safetensors", tokenizer=tiny.parent / "tokenizer")
     (tmp_path / "tok").mkdir()
     shutil.copy(tiny.parent / "tokenizer" / "vocab.json", tmp_path / "tok")

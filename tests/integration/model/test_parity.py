@@ -1,9 +1,9 @@
 """Does `anima_probe.model.anima` (diffusers + corrections) compute Anima's forward, fact by fact?
 
 Each loaded tiny model is compared with `reference_anima`, an independent plain-torch implementation written from the
-facts sheet, on random weights in the published file format. Tolerance: 1e-4 relative (||a - b|| / ||b||) in fp32,
-where the two agree to ~3e-7 (float32 rounding); each fact test also shows that breaking the fact moves the error
-far past that tolerance, so the agreement is not an accident of insensitive inputs.
+facts in docs/anima.md, on random weights in the published file format. Tolerance: 1e-4 relative (||a - b|| / ||b||)
+in fp32, where the two agree to ~3e-7 (float32 rounding); each fact test also shows that breaking the fact moves the
+error far past that tolerance, so the agreement is not an accident of insensitive inputs.
 """
 
 from __future__ import annotations
@@ -82,10 +82,10 @@ def adapter_pair(model: Anima, state: dict, seed: int = 2):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The reference itself, against the sheet's numbers
+# The reference itself, against the numbers in docs/anima.md ("Architecture and dimensions", RoPE)
 
 
-def test_reference_rope_split_and_theta_match_the_facts_sheet():
+def test_reference_rope_split_and_theta_match_docs():
     assert rope_split(128) == (44, 42, 42)  # (t, h, w)
     theta_s = 1e4 * 4 ** (42 / 40)
     assert theta_s == pytest.approx(42871, abs=1)

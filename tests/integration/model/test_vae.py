@@ -13,13 +13,11 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from safetensors.torch import load_file, save_file
 
 from anima_probe.model import vae as V
+from anima_probe.model.files import ModelFileError
+from anima_probe.model.tiny import tiny_vae_state_dict, write_tiny_vae
+from anima_probe.pipeline.provenance import REPO_ROOT
 
-# ANIMA.md section 6 (ComfyUI latent_formats.Wan21), copied by hand so a typo in either place fails.
-FACTS_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-              0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]  # fmt: skip
-FACTS_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-             3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160]  # fmt: skip
-FACTS_SHEET = Path("/work/shared/reference/ANIMA.md")
+DOC = REPO_ROOT / "docs" / "anima.md"  # its "VAE and latent normalisation" table: channel | mean | std
 REAL_CONFIG = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
                "temperal_downsample": [False, True, True], "input_channels": 3}  # fmt: skip
 TINY_CONFIG = {"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1,
@@ -34,7 +32,7 @@ def meta_state_dict(**config) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def tiny_file(tmp_path_factory) -> Path:
-    return V.write_tiny_vae(tmp_path_factory.mktemp("vae") / "qwen_image_vae.safetensors", seed=0)
+    return write_tiny_vae(tmp_path_factory.mktemp("vae") / "qwen_image_vae.safetensors", seed=0)
 
 
 def rewrite(src: Path, dst: Path, edit) -> Path:
@@ -45,21 +43,23 @@ def rewrite(src: Path, dst: Path, edit) -> Path:
 
 
 # --- constants ---------------------------------------------------------------------------------------------
-def test_latent_constants_match_facts_sheet_and_diffusers_defaults():
-    assert list(V.LATENT_MEAN) == FACTS_MEAN and list(V.LATENT_STD) == FACTS_STD
+def doc_latent_table() -> tuple[list[float], list[float]]:
+    """(mean, std) per channel from the table in docs/anima.md, section "VAE and latent normalisation"."""
+    section = DOC.read_text(encoding="utf-8").split("## VAE and latent normalisation", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| (-?\d+\.\d+) \| (\d+\.\d+) \|$", section, re.M)
+    assert [int(c) for c, _, _ in rows] == list(range(16)), f"{DOC}: expected channels 0..15 in the table"
+    return [float(m) for _, m, _ in rows], [float(s) for _, _, s in rows]
+
+
+def test_latent_constants_match_the_docs_table():
+    mean, std = doc_latent_table()
+    assert list(V.LATENT_MEAN) == mean and list(V.LATENT_STD) == std
+
+
+def test_latent_constants_match_diffusers_defaults():
     defaults = inspect.signature(AutoencoderKLQwenImage.__init__).parameters
     assert list(V.LATENT_MEAN) == defaults["latents_mean"].default
     assert list(V.LATENT_STD) == defaults["latents_std"].default
-
-
-def test_latent_constants_match_the_shared_facts_sheet_text():
-    if not FACTS_SHEET.is_file():
-        pytest.skip("shared facts sheet not present on this machine")
-    text = FACTS_SHEET.read_text().replace("\u2212", "-")
-    for name, values in (("mean", V.LATENT_MEAN), ("std", V.LATENT_STD)):
-        found = re.search(rf"{name} = \[([^\]]+)\]", text)
-        assert found, f"{name} line not found in {FACTS_SHEET}"
-        assert [float(x) for x in found.group(1).split(",")] == list(values)
 
 
 # --- key naming --------------------------------------------------------------------------------------------
@@ -118,18 +118,10 @@ def test_infer_vae_config_recovers_tiny_config_from_file(tiny_file):
     assert V.infer_vae_config(load_file(str(tiny_file))) == TINY_CONFIG
 
 
-# --- tiny twins ---------------------------------------------------------------------------------------------
-def test_tiny_file_is_byte_identical_per_seed_and_wan_named(tmp_path, tiny_file):
-    again = V.write_tiny_vae(tmp_path / "a.safetensors", seed=0)
-    other = V.write_tiny_vae(tmp_path / "b.safetensors", seed=1)
-    assert again.read_bytes() == tiny_file.read_bytes()
-    assert other.read_bytes() != tiny_file.read_bytes()
-    assert V.detect_format(load_file(str(tiny_file))) == V.WAN_FORMAT
-
-
+# --- loading the tiny twin ---------------------------------------------------------------------------------
 def test_round_trip_write_load_gives_same_tensors(tiny_file):
     model = V.load_vae(tiny_file)
-    expected = V.tiny_vae_state_dict(seed=0)
+    expected = tiny_vae_state_dict(seed=0)
     loaded = model.state_dict()
     assert loaded.keys() == expected.keys()
     for name, tensor in expected.items():
@@ -141,14 +133,14 @@ def test_round_trip_write_load_gives_same_tensors(tiny_file):
 def test_load_casts_to_requested_dtype(tiny_file):
     model = V.load_vae(tiny_file, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    gamma = V.tiny_vae_state_dict(seed=0)["decoder.norm_out.gamma"]
+    gamma = tiny_vae_state_dict(seed=0)["decoder.norm_out.gamma"]
     assert torch.equal(model.decoder.norm_out.gamma, gamma.bfloat16())
 
 
 def test_diffusers_folder_loads_same_tensors(tmp_path, tiny_file):
     with torch.device("meta"):
         model = AutoencoderKLQwenImage(**TINY_CONFIG)
-    model.load_state_dict(V.tiny_vae_state_dict(seed=0), assign=True)
+    model.load_state_dict(tiny_vae_state_dict(seed=0), assign=True)
     model.save_pretrained(tmp_path / "pipe" / "vae")
     for where in (tmp_path / "pipe" / "vae", tmp_path / "pipe"):
         loaded = V.load_vae(where).state_dict()
@@ -161,10 +153,10 @@ def test_missing_key_is_named_in_file_naming_with_counts(tmp_path, tiny_file):
     bad = rewrite(
         tiny_file, tmp_path / "qwen_image_vae.safetensors", lambda s: s.pop("decoder.head.2.weight")
     )
-    with pytest.raises(V.VAEFileError) as err:
+    with pytest.raises(ModelFileError) as err:
         V.load_vae(bad)
     msg = str(err.value)
-    assert "qwen_image_vae.safetensors (wan-single-file): 1 missing keys: decoder.head.2.weight" in msg
+    assert "qwen_image_vae.safetensors (wan-single-file): keys do not match the layout; 1 missing: decoder.head.2.weight" in msg
     assert "0 unexpected" in msg and "0 mis-shaped" in msg
     assert isinstance(err.value, ValueError)
 
@@ -174,7 +166,7 @@ def test_extra_key_is_reported_as_unexpected(tmp_path, tiny_file):
         state["decoder.head.3.weight"] = torch.zeros(2)
 
     with pytest.raises(
-        ValueError, match=r"0 missing keys; 1 unexpected: decoder\.head\.3\.weight; 0 mis-shaped"
+        ValueError, match=r"0 missing; 1 unexpected: decoder\.head\.3\.weight; 0 mis-shaped"
     ):
         V.load_vae(rewrite(tiny_file, tmp_path / "extra.safetensors", add))
 
@@ -184,7 +176,7 @@ def test_wrong_shape_is_reported_with_both_shapes(tmp_path, tiny_file):
         state["decoder.head.2.bias"] = torch.zeros(4)
 
     with pytest.raises(
-        V.VAEFileError, match=r"1 mis-shaped: decoder\.head\.2\.bias file \[4\] vs model \[3\]"
+        ModelFileError, match=r"1 mis-shaped: decoder\.head\.2\.bias \[4\] \(expected \[3\]\)"
     ):
         V.load_vae(rewrite(tiny_file, tmp_path / "shape.safetensors", widen))
 
@@ -192,21 +184,21 @@ def test_wrong_shape_is_reported_with_both_shapes(tmp_path, tiny_file):
 def test_truncated_file_gives_one_clear_error(tmp_path, tiny_file):
     bad = tmp_path / "truncated.safetensors"
     bad.write_bytes(tiny_file.read_bytes()[: tiny_file.stat().st_size // 2])
-    with pytest.raises(V.VAEFileError, match=r"truncated\.safetensors: not a readable safetensors file"):
+    with pytest.raises(ModelFileError, match=r"truncated\.safetensors: truncated safetensors file"):
         V.load_vae(bad)
 
 
 def test_text_file_renamed_safetensors_gives_one_clear_error(tmp_path):
     bad = tmp_path / "notes.safetensors"
     bad.write_text("these are not tensors\n" * 20)
-    with pytest.raises(V.VAEFileError, match=r"notes\.safetensors: not a readable safetensors file"):
+    with pytest.raises(ModelFileError, match=r"notes\.safetensors: not a safetensors file"):
         V.load_vae(bad)
 
 
 def test_folder_without_weights_names_the_missing_file(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(
-        V.VAEFileError, match=r"diffusers-folder.*diffusion_pytorch_model\.safetensors is missing"
+        ModelFileError, match=r"diffusers-folder.*diffusion_pytorch_model\.safetensors is missing"
     ):
         V.load_vae(tmp_path)
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import pytest
 
 from anima_probe.pipeline import experiment as ex
-from anima_probe.pipeline.runs import resolve_latest, sha256_file
+from anima_probe.pipeline.freshness import experiment_file
+from anima_probe.pipeline.provenance import sha256_file
+from anima_probe.pipeline.rundirs import resolve_latest
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,9 @@ def test_discover_finds_experiments_and_refuses_duplicate_names(tmp_path):
 def test_the_shipped_experiments_all_have_defaults_and_versions():
     registry = ex.discover()
     for name, exp in registry.items():
-        assert exp.name == name and str(exp.version)
+        # discover() keys by exp.name, so compare with what is independent of it: the defining file's name
+        assert experiment_file(exp).stem.replace("_", "-") == name, f"{name} is defined in {experiment_file(exp)}"
+        assert str(exp.version)
         config = exp.config()  # every field has a default
         assert hasattr(config, "seed"), f"{name}: configs carry a seed so runs are reproducible"
 

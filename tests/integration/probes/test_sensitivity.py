@@ -9,11 +9,13 @@ import sys
 import pytest
 import torch
 
-from anima_probe.guidance.sources import ModulationFileError, PooledTextProjection, save_pooled_text_proj
+from anima_probe.guidance.sources import PooledTextProjection, save_pooled_text_proj
 from anima_probe.model.anima import load_anima
+from anima_probe.model.files import ModelFileError
 from anima_probe.model.tiny import write_tiny
 from anima_probe.pipeline import experiment
-from anima_probe.pipeline.runs import REPO_ROOT, read_run
+from anima_probe.pipeline.provenance import REPO_ROOT
+from anima_probe.pipeline.runs import read_run
 from anima_probe.probes import sensitivity as injection
 from anima_probe.probes.sensitivity import (
     INJECTION_POINTS,
@@ -130,7 +132,7 @@ def test_zero_trained_projection_gives_zero_at_the_time_embedding(anima, tmp_pat
 
 def test_projection_of_the_wrong_width_names_the_file(anima, tmp_path):
     path = save_pooled_text_proj(PooledTextProjection(48, text_dim=32), tmp_path / "wide.safetensors")
-    with pytest.raises(ModulationFileError, match="wide.safetensors.*model_channels=64"):
+    with pytest.raises(ModelFileError, match="wide.safetensors.*model_channels=64"):
         _run(anima, tmp_path, projection=str(path))
 
 

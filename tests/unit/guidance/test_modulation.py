@@ -7,8 +7,10 @@ import contextlib
 import pytest
 import torch
 
-from anima_probe.guidance.modulation import COSMOS, POOLED_TEXT_PROJ, Modulation, build, constant, inject
-from anima_probe.guidance.sources import CosmosPooledAdapter, PooledTextProjection, block_weights
+from anima_probe.guidance.families import COSMOS, POOLED_TEXT_PROJ
+from anima_probe.guidance.modulation import Modulation, build, constant, inject
+from anima_probe.guidance.schedules import block_weights
+from anima_probe.guidance.sources import CosmosPooledAdapter, PooledTextProjection
 from anima_probe.model.anima import load_anima
 
 

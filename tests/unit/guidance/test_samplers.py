@@ -220,5 +220,20 @@ def test_official_cosmos_x0_combine_is_scale_one_plus_cfg_in_velocity_space():
 
 
 def test_cfg_velocity_calls_both_branches():
-    fn = cfg_velocity(lambda x, s: x + 2, lambda x, s: x, 2.5)
+    calls = []
+
+    def model(x, sigma, ctx):  # a model whose cond rows move by +2 and uncond rows by 0
+        calls.append((x.shape[0], sigma.shape[0]))
+        return x + ctx[:, 0]
+
+    cond, uncond = torch.full((1, 1, 3), 2.0), torch.zeros(1, 1, 3)
+    fn = cfg_velocity(model, cond, uncond, 2.5)
     assert fn(torch.zeros(1, 3), torch.ones(1)).tolist() == [[5.0, 5.0, 5.0]]
+    assert calls == [(2, 1)]  # both branches in ONE call, one sigma for all rows
+    cells = cfg_velocity(model, cond, uncond, [1.0, 3.0])  # two cells side by side, each its own scale
+    assert cells(torch.zeros(2, 3), torch.ones(2)).tolist() == [[2.0] * 3, [6.0] * 3]
+    calls.clear()
+    assert cfg_velocity(model, cond, None, 1.0)(torch.zeros(1, 3), torch.ones(1)).tolist() == [[2.0] * 3]
+    assert calls == [(1, 1)]  # scale 1: the cond rows alone
+    with pytest.raises(ValueError, match="need the uncond context"):
+        cfg_velocity(model, cond, None, 4.0)

@@ -7,25 +7,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from anima_probe.guidance.eq3 import CFGRowPolicy, guided_vector, row_vectors, uncond_base_prompt
+from anima_probe.guidance.families import guidance_delta
+from anima_probe.guidance.schedules import PROFILES, block_weights, from_anzhc, from_sorryhyun, profile
 from anima_probe.guidance.sources import (
-    PROFILES,
-    CFGRowPolicy,
     CosmosPooledAdapter,
-    ModulationFileError,
     PooledTextProjection,
-    block_weights,
-    from_anzhc,
-    from_sorryhyun,
-    guidance_delta,
-    guided_vector,
     load_cosmos_pooled_adapter,
     load_pooled_text_proj,
-    profile,
-    row_vectors,
     save_cosmos_pooled_adapter,
     save_pooled_text_proj,
-    uncond_base_prompt,
 )
+from anima_probe.model.files import ModelFileError
 
 D, TEXT, CLIP, N = 16, 12, 10, 6  # a toy model: D channels, 6 blocks
 
@@ -61,7 +54,7 @@ def test_anima_sized_head_has_the_documented_parameter_counts():
     with torch.device("meta"):
         plain, film = PooledTextProjection(2048), PooledTextProjection(2048, sigma_film=True)
     assert sum(p.numel() for p in plain.parameters()) == 6_295_552
-    assert sum(p.numel() for p in film.parameters()) == 14_688_256  # the facts sheet's "14.7 M"
+    assert sum(p.numel() for p in film.parameters()) == 14_688_256  # "14.7 M" with sigma-FiLM (docs)
 
 
 def test_zero_init_projection_returns_zeros_with_and_without_film():
@@ -121,10 +114,10 @@ def _write(path, tensors, metadata=None):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda sd: sd.pop("2.bias"), "missing key '2.bias'"),
-    (lambda sd: sd.update({"3.weight": torch.zeros(2)}), "unexpected key '3.weight'"),
-    (lambda sd: sd.update({"2.weight": torch.zeros(D, D + 1)}), "key '2.weight' has shape"),
-    (lambda sd: sd.update({"sigma_film.weight": torch.zeros(2 * D, D)}), "missing key 'sigma_film.bias'"),
+    (lambda sd: sd.pop("2.bias"), "1 missing: 2.bias"),
+    (lambda sd: sd.update({"3.weight": torch.zeros(2)}), "1 unexpected: 3.weight"),
+    (lambda sd: sd.update({"2.weight": torch.zeros(D, D + 1)}), "1 mis-shaped: 2.weight"),
+    (lambda sd: sd.update({"sigma_film.weight": torch.zeros(2 * D, D)}), "1 missing: sigma_film.bias"),
     (lambda sd: sd.update({"0.bias": torch.full((D,), float("nan"))}), "key '0.bias' holds non-finite"),
     (lambda sd: sd.pop("0.weight"), "'0.weight'"),
 ])
@@ -132,14 +125,14 @@ def test_bad_pooled_text_proj_files_name_the_file_and_key(tmp_path, mutate, mess
     sd = dict(trained_proj().state_dict())
     mutate(sd)
     path = _write(tmp_path / "bad.safetensors", sd)
-    with pytest.raises(ModulationFileError, match=message) as err:
+    with pytest.raises(ModelFileError, match=message) as err:
         load_pooled_text_proj(path)
     assert "bad.safetensors" in str(err.value)
 
 
 def test_model_channels_mismatch_names_0_weight(tmp_path):
     path = save_pooled_text_proj(trained_proj(), tmp_path / "p.safetensors")
-    with pytest.raises(ModulationFileError, match="'0.weight' has D=16 rows .* model_channels=2048"):
+    with pytest.raises(ModelFileError, match="'0.weight' has D=16 rows .* model_channels=2048"):
         load_pooled_text_proj(path, model_channels=2048)
 
 
@@ -148,11 +141,11 @@ def test_pooled_text_proj_rejects_other_formats(tmp_path):
         load_pooled_text_proj(tmp_path / "nope.safetensors")
     pt = tmp_path / "head.pt"
     torch.save(trained_proj().state_dict(), pt)
-    with pytest.raises(ModulationFileError, match="head.pt.*safetensors"):
+    with pytest.raises(ModelFileError, match="head.pt.*safetensors"):
         load_pooled_text_proj(pt)
     tagged = _write(tmp_path / "t.safetensors", trained_adapter().state_dict(),
                     {"anima_probe.format": "cosmos_pooled_adapter"})
-    with pytest.raises(ModulationFileError, match="format 'cosmos_pooled_adapter'"):
+    with pytest.raises(ModelFileError, match="format 'cosmos_pooled_adapter'"):
         load_pooled_text_proj(tagged)
 
 
@@ -195,7 +188,7 @@ def test_cosmos_adapter_round_trip_is_bit_exact(tmp_path, suffix):
 def test_cosmos_pt_with_objects_is_refused_not_unpickled(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"scales": torch.zeros(N, 3 * D), "cfg": CFGRowPolicy.BOTH}, path)  # a non-tensor class
-    with pytest.raises(ModulationFileError, match="evil.pt: refused to unpickle"):
+    with pytest.raises(ModelFileError, match="evil.pt: refused to unpickle"):
         load_cosmos_pooled_adapter(path)
 
 
@@ -206,8 +199,8 @@ def test_cosmos_pt_wrapped_in_state_dict_loads(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, kwargs, message", [
-    (lambda sd: sd.pop("text_embedder_clip.linear_2.bias"), {}, "missing key 'text_embedder_clip.linear_2.bias'"),
-    (lambda sd: sd.update({"scales": torch.zeros(N, 3 * D + 1)}), {}, "key 'scales' has shape"),
+    (lambda sd: sd.pop("text_embedder_clip.linear_2.bias"), {}, "1 missing: text_embedder_clip.linear_2.bias"),
+    (lambda sd: sd.update({"scales": torch.zeros(N, 3 * D + 1)}), {}, "1 mis-shaped: scales"),
     (lambda sd: sd.update({"text_embedder_clip.linear_1.weight": torch.zeros(3 * D + 1, CLIP)}), {}, "not 3\\*D"),
     (lambda sd: None, {"num_blocks": 28}, "num_blocks=6 but the model has 28"),
     (lambda sd: None, {"model_channels": 2048}, "model_channels=16 but the model has 2048"),
@@ -217,7 +210,7 @@ def test_bad_cosmos_adapter_files_name_the_file_and_key(tmp_path, mutate, kwargs
     mutate(sd)
     path = tmp_path / "adapter.pt"
     torch.save(sd, path)
-    with pytest.raises(ModulationFileError, match=message) as err:
+    with pytest.raises(ModelFileError, match=message) as err:
         load_cosmos_pooled_adapter(path, **kwargs)
     assert "adapter.pt" in str(err.value)
 

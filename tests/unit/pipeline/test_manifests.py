@@ -18,6 +18,7 @@ from anima_probe.pipeline.manifests import (
     split_tags,
     write_caption_set,
 )
+from anima_probe.pipeline.provenance import REPO_ROOT
 
 PROPOSAL_POS = "absurdres, highres, masterpiece, best quality, score_7, score_8, score_9"
 PROPOSAL_NEG = "worst quality, low quality, score_1, score_2, score_3"
@@ -31,10 +32,9 @@ def test_guidance_prompts_are_the_proposals_and_quoted():
     guidance = sets["guidance"]
     assert (guidance["positive"], guidance["negative"]) == (PROPOSAL_POS, PROPOSAL_NEG)
     assert PROPOSAL_POS in guidance["provenance"]["quote"] and PROPOSAL_NEG in guidance["provenance"]["quote"]
-    seed = Path(guidance["provenance"]["file"])
-    if seed.exists():  # the quote must really be in the proposal text
-        text = seed.read_text(encoding="utf-8")
-        assert f'p+: "{PROPOSAL_POS}"' in text and f'p-: "{PROPOSAL_NEG}"' in text
+    doc = REPO_ROOT / guidance["provenance"]["file"]  # inside the repository: docs/proposal.md
+    text = doc.read_text(encoding="utf-8")
+    assert f'p+: "{PROPOSAL_POS}"' in text and f'p-: "{PROPOSAL_NEG}"' in text, f"{doc} does not quote them"
     for name, variant in guidance["variants"].items():
         assert variant["positive"] and variant["negative"] and variant["provenance"], name
 

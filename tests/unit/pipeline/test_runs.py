@@ -1,34 +1,15 @@
-"""Run folders: numbering (also under a race), atomic writes, latest pointers, the result record schema."""
+"""What a run folder holds: the result record schema and its round trip, write_run and read_run."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from anima_probe.pipeline import runs
-from anima_probe.pipeline.runs import (
-    ResultRecord,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    environment_info,
-    git_hash,
-    new_figure,
-    new_run_dir,
-    read_run,
-    resolve_latest,
-    save_figure,
-    sha256_file,
-    update_latest,
-    write_run,
-)
+from anima_probe.pipeline.figures import new_figure
+from anima_probe.pipeline.rundirs import new_run_dir, resolve_latest
+from anima_probe.pipeline.runs import ResultRecord, read_run, write_run
 
 SHA = "ab" * 32
 
@@ -45,108 +26,6 @@ def _record(**overrides) -> ResultRecord:
     )
     fields.update(overrides)
     return ResultRecord(**fields)
-
-
-def test_atomic_writes_replace_whole_files_and_leave_no_temp(tmp_path):
-    target = tmp_path / "sub" / "a.json"
-    atomic_write_json(target, {"x": 1})
-    atomic_write_json(target, {"y": [1, 2]})
-    assert json.loads(target.read_text()) == {"y": [1, 2]}
-    atomic_write_text(tmp_path / "t.txt", "héllo")
-    assert (tmp_path / "t.txt").read_text(encoding="utf-8") == "héllo"
-    atomic_write_bytes(tmp_path / "b.bin", b"\x00\x01")
-    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
-    assert sorted(p.name for p in tmp_path.rglob("*.tmp")) == []
-
-
-def test_failed_json_write_keeps_old_file(tmp_path):
-    target = tmp_path / "m.json"
-    atomic_write_json(target, {"ok": 1})
-    with pytest.raises(ValueError):
-        atomic_write_json(target, {"bad": float("nan")})
-    with pytest.raises(TypeError):
-        atomic_write_json(target, {"bad": object()})
-    assert json.loads(target.read_text()) == {"ok": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
-
-
-def test_save_figure_writes_png(tmp_path):
-    fig = new_figure(figsize=(2, 2))
-    fig.add_subplot().plot([0, 1], [1, 0])
-    path = save_figure(fig, tmp_path / "curve")
-    assert path.name == "curve.png"
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_run_numbers_increase_across_names(tmp_path):
-    a = new_run_dir(tmp_path, "pooling-nmi")
-    b = new_run_dir(tmp_path, "quality-direction")
-    (tmp_path / "041-manual").mkdir()
-    c = new_run_dir(tmp_path, "pooling-nmi")
-    assert [a.name, b.name, c.name] == ["000-pooling-nmi", "001-quality-direction", "042-pooling-nmi"]
-    assert not (tmp_path / ".new-run.lock").exists()
-
-
-def test_racing_run_dirs_get_distinct_numbers(tmp_path, monkeypatch):
-    real_iterdir = Path.iterdir
-
-    def slow_iterdir(self):
-        entries = list(real_iterdir(self))
-        time.sleep(0.01)  # widen the scan-then-mkdir window so an unlocked version would collide
-        return iter(entries)
-
-    monkeypatch.setattr(Path, "iterdir", slow_iterdir)
-    barrier = threading.Barrier(8)
-    made: list[Path] = []
-
-    def worker(i: int) -> None:
-        barrier.wait()
-        made.append(new_run_dir(tmp_path, f"exp{i % 3}"))
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    numbers = sorted(runs.run_number(p) for p in made)
-    assert numbers == list(range(8))
-
-
-def test_stale_lock_is_broken_and_live_lock_times_out(tmp_path):
-    lock = tmp_path / ".new-run.lock"
-    lock.mkdir()
-    with pytest.raises(TimeoutError, match="could not lock"):
-        new_run_dir(tmp_path, "x", timeout_s=0.05)
-    os.utime(lock, (0, 0))  # pretend the holder crashed long ago
-    assert new_run_dir(tmp_path, "x").name == "000-x"
-
-
-def test_bad_run_name_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="run name '../x'"):
-        new_run_dir(tmp_path, "../x")
-
-
-def test_latest_pointer_follows_newest_and_ignores_older(tmp_path):
-    first = new_run_dir(tmp_path, "pooling-nmi")
-    second = new_run_dir(tmp_path, "pooling-nmi")
-    link = update_latest(tmp_path, second)
-    assert link.name == "latest-pooling-nmi"
-    assert link.is_symlink() and os.readlink(link) == second.name  # relative: the tree can move
-    update_latest(tmp_path, first)  # a slow older run finishing last must not win
-    assert resolve_latest(tmp_path, "pooling-nmi") == second.resolve()
-    assert resolve_latest(tmp_path, "other") is None
-
-
-def test_latest_falls_back_to_text_file_without_symlinks(tmp_path, monkeypatch):
-    def no_symlinks(*args, **kwargs):
-        raise OSError("symlinks not supported")
-
-    monkeypatch.setattr(runs.os, "symlink", no_symlinks)
-    run = new_run_dir(tmp_path, "pooling-nmi")
-    link = update_latest(tmp_path, run)
-    assert link.is_file() and not link.is_symlink()
-    assert link.read_text().strip() == run.name
-    assert resolve_latest(tmp_path, "pooling-nmi") == run.resolve()
 
 
 def test_record_json_round_trip_and_number_coercion():
@@ -216,39 +95,3 @@ def test_read_run_names_the_file(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"experiment": "x"}))
     with pytest.raises(ValueError, match=r"000-x/metrics.json: result record"):
         read_run(run)
-
-
-def test_git_hash_inside_and_outside_git(tmp_path):
-    assert git_hash(tmp_path) == "unknown"
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    (tmp_path / "f").write_text("1")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
-    subprocess.run(["git", "add", "f"], cwd=tmp_path, check=True)
-    subprocess.run(["git", "commit", "-qm", "x"], cwd=tmp_path, check=True, env=env)
-    head = git_hash(tmp_path)
-    assert len(head) == 40 and all(c in "0123456789abcdef" for c in head)
-    (tmp_path / "f").write_text("2")
-    assert git_hash(tmp_path) == head + "+dirty"
-
-
-def test_environment_info_and_sha256(tmp_path):
-    env = environment_info(device="cpu")
-    assert set(env) == {"python", "torch", "diffusers", "transformers", "platform", "device"}
-    assert env["device"] == "cpu" and env["torch"].startswith("2.")
-    (tmp_path / "w").write_bytes(b"abc")
-    assert sha256_file(tmp_path / "w") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-
-
-def test_update_section_rewrites_only_its_own_block(tmp_path):
-    from anima_probe.pipeline.runs import update_section
-
-    path = tmp_path / "performance.md"
-    update_section(path, "a", "first a")
-    update_section(path, "b", "only b")
-    update_section(path, "a", "second a")
-    text = path.read_text()
-    assert "second a" in text and "first a" not in text and "only b" in text
-    assert text.index("second a") < text.index("only b")  # a keeps its place
-    with pytest.raises(ValueError):
-        update_section(path, "bad name/..", "x")

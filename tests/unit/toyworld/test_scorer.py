@@ -59,6 +59,7 @@ def test_spearman_with_planted_quality_on_held_out_images(held_out):
     assert np.all(np.diff(medians) > 0), medians  # higher planted quality, higher typical score
 
 
+@pytest.mark.slow  # refits the scorer on hundreds of rendered images
 def test_shipped_coefficients_generalise_as_well_as_a_fresh_refit(held_out):
     x, q, _, _ = held_out
     shipped = load_scorer_weights()
@@ -70,6 +71,7 @@ def test_shipped_coefficients_generalise_as_well_as_a_fresh_refit(held_out):
     assert np.array_equal(np.sign(shipped.coef), np.sign(refit.coef))  # same story about each measurement
 
 
+@pytest.mark.slow  # refits the scorer on hundreds of rendered images
 def test_shipped_weights_are_reproducible_from_their_recorded_call():
     shipped = load_scorer_weights()
     again = fit_toyworld_scorer(**_fit_args(shipped))

@@ -1,0 +1,200 @@
+"""What did a benchmark measure, on which machine, with which command, and did it meet its target?
+
+Each script in ``benchmarks/`` writes one JSON record, ``reports/benchmarks/<name>.json``: the command that
+reproduces it, the date and code version, the machine (cores, torch threads, load), its tables as numbers with a
+display format per column, its ratios (each with its target where the benchmark states one) and its notes.
+``notebooks/performance.ipynb`` renders every record into ``reports/performance.md``; nothing reads numbers back
+out of markdown. A ratio is measured within one run, so it carries over between machines better than a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anima_probe.pipeline.atomic import atomic_write_json
+from anima_probe.pipeline.provenance import REPO_ROOT, git_hash, utc_now
+from anima_probe.pipeline.rundirs import check_name
+
+RECORDS_DIR = REPO_ROOT / "reports" / "benchmarks"
+BETTER = ("lower", "higher")
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of cells under `columns`: a label string, a number, a list of values that one cell shows together
+    (a CPU time and its wall time), or None for "-". `formats[i]` renders column i's numbers: a `str.format`
+    pattern such as ``"{:.2f} GB"`` or, for a list cell, ``"{:.3g} s ({:.3g} s)"``."""
+
+    title: str
+    columns: list[str]
+    formats: list[str]
+    rows: list[list[Any]]
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.formats) != len(self.columns):
+            raise ValueError(f"table {self.title!r}: {len(self.formats)} formats for {len(self.columns)} columns")
+        for i, row in enumerate(self.rows):
+            if len(row) != len(self.columns):
+                raise ValueError(f"table {self.title!r}: row {i} has {len(row)} cells, expected {len(self.columns)}")
+
+    def markdown(self) -> str:
+        def cell(value, fmt: str) -> str:
+            if value is None:
+                return "-"
+            if isinstance(value, str):
+                return value
+            return fmt.format(*value) if isinstance(value, list) else fmt.format(value)
+
+        lines = [f"| {' | '.join(self.columns)} |", "|" + "---|" * len(self.columns)]
+        lines += [f"| {' | '.join(cell(v, f) for v, f in zip(row, self.formats))} |" for row in self.rows]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One ratio a benchmark reports, with the target it is judged against (None: reported, not judged)."""
+
+    label: str
+    value: float
+    target: float | None = None
+    better: str = "lower"  # which side of the target passes
+
+    def __post_init__(self) -> None:
+        if self.better not in BETTER:
+            raise ValueError(f"ratio {self.label!r}: better must be one of {BETTER}, got {self.better!r}")
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None:
+            return None
+        return self.value <= self.target if self.better == "lower" else self.value >= self.target
+
+    def verdict(self) -> str:
+        if self.target is None:
+            return "no target"
+        sign = "<=" if self.better == "lower" else ">="
+        return f"target {sign} {self.target:g}: {'met' if self.met else 'NOT met'}"
+
+
+@dataclass(frozen=True)
+class BenchmarkRecord:
+    """One benchmark run (or, with `source`, a transcription of one); see the module docstring."""
+
+    name: str
+    title: str
+    command: str
+    machine: dict[str, Any]
+    tables: list[Table]
+    ratios: list[Ratio]
+    notes: list[str] = field(default_factory=list)
+    date: str = field(default_factory=utc_now)
+    git_hash: str = field(default_factory=git_hash)
+    source: str = "measured by the command"
+    data: dict[str, Any] = field(default_factory=dict)  # the raw measurements, where a script keeps more than tables
+
+    def __post_init__(self) -> None:
+        check_name(self.name, "benchmark name")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchmarkRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown, missing = sorted(set(data) - known), sorted(k for k in ("name", "title", "command", "machine",
+                                                                            "tables", "ratios") if k not in data)
+        if unknown or missing:
+            raise ValueError(f"unknown keys {unknown}, missing keys {missing}")
+        return cls(**{**data, "tables": [Table(**t) for t in data["tables"]],
+                      "ratios": [Ratio(**r) for r in data["ratios"]]})
+
+    def markdown(self) -> str:
+        """The record's section of reports/performance.md."""
+        lines = [f"## {self.title}", "", f"Generated by `{self.command}` on {self.date[:10]} (code "
+                 f"`{self.git_hash[:12]}`); machine: {describe_machine(self.machine)}."]
+        if self.source != "measured by the command":
+            lines[-1] += f" {self.source}."
+        for table in self.tables:
+            lines += ["", f"**{table.title}**", ""] + ([table.note, ""] if table.note else []) + [table.markdown()]
+        for note in self.notes:
+            lines += ["", note]
+        return "\n".join(lines)
+
+
+def machine_info(torch_threads: int, note: str = "", device: str | None = None) -> dict[str, Any]:
+    """What a reader needs to weigh a timing: the device, cores, torch threads and version, load when it started."""
+    import torch
+
+    return {"device": device or "cpu", "cpu_count": os.cpu_count(), "torch_threads": torch_threads,
+            "torch": torch.__version__, "load_average_1min": round(os.getloadavg()[0], 2), "note": note}
+
+
+def describe_machine(machine: dict[str, Any]) -> str:
+    parts = [] if machine.get("device", "cpu") == "cpu" else [machine["device"]]
+    parts += [f"{machine.get('cpu_count', '?')} CPU cores", f"{machine.get('torch_threads', '?')} torch thread(s)",
+              f"torch {machine.get('torch', '?')}"]
+    if machine.get("load_average_1min") is not None:
+        parts.append(f"1-min load average {machine['load_average_1min']:g} at the start")
+    return ", ".join(parts) + (f" ({machine['note']})" if machine.get("note") else "")
+
+
+def write_record(record: BenchmarkRecord, root: str | Path = RECORDS_DIR) -> Path:
+    """``root/<name>.json``, atomically (NaN/inf refused)."""
+    return atomic_write_json(Path(root) / f"{record.name}.json", record.to_dict())
+
+
+def read_record(path: str | Path) -> BenchmarkRecord:
+    """A record from its JSON file; errors name the file."""
+    path = Path(path)
+    try:
+        return BenchmarkRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: not a benchmark record: {err}") from None
+
+
+def read_records(root: str | Path = RECORDS_DIR) -> list[BenchmarkRecord]:
+    """Every record under `root`, by name."""
+    return [read_record(p) for p in sorted(Path(root).glob("*.json"))]
+
+
+def ratio_rows(records: list[BenchmarkRecord]) -> list[dict[str, Any]]:
+    """One row per ratio of every record: benchmark, label, value, target, better, met."""
+    return [{"benchmark": r.name, "label": q.label, "value": q.value, "target": q.target, "better": q.better,
+             "met": q.met} for r in records for q in r.ratios]
+
+
+def _headline(record: BenchmarkRecord) -> str:
+    """'name: k of n targets met', naming the ratios that miss theirs."""
+    judged = [q for q in record.ratios if q.target is not None]
+    missed = [f"{q.label} {q.value:.3g}x" for q in judged if not q.met]
+    return (f"{record.name}: {len(judged) - len(missed)} of {len(judged)} targets met"
+            + (f"; NOT met: {'; '.join(missed)}" if missed else ""))
+
+
+def performance_page(records: list[BenchmarkRecord], *, command: str, notebook: str, figure: str | None) -> str:
+    """reports/performance.md: every record's section, then every ratio with its verdict, the figure (a path
+    relative to the report) and the metadata comment whose headline the reports index shows."""
+    from anima_probe.pipeline.report_file import meta_comment
+
+    judged = [(r, q) for r in records for q in r.ratios if q.target is not None]
+    headline = [_headline(r) for r in records if any(q.target is not None for q in r.ratios)]
+    lines = ["# Performance", "", f"> **Generated - do not edit.** Written by `{command}` from `{notebook}` out of the "
+             "benchmark records in `reports/benchmarks/*.json`; each section names the command that measures it "
+             "again. Every figure is a ratio measured within one run.", "",
+             "**Question.** What do the benchmarks measure, and which targets are met?", ""]
+    for record in records:
+        lines += [record.markdown(), ""]
+    rows = [f"| {r.name} | {q.label} | {q.value:.3g}x | {q.verdict()} |" for r in records for q in r.ratios]
+    lines += ["## Every ratio", "", f"{len(rows)} ratios from {len(records)} benchmarks, "
+              f"{sum(q.met is True for _, q in judged)} of {len(judged)} targets met.", ""]
+    lines += [f"![every ratio, log axis]({figure})", ""] if figure else []
+    lines += ["| benchmark | ratio | value | target |", "|---|---|---|---|", *rows, ""]
+    meta = {"name": "performance", "title": "Performance", "headline": headline or [f"{len(rows)} ratios"],
+            "question": "What do the benchmarks measure, and which targets are met?", "notebook": notebook}
+    return "\n".join([*lines, meta_comment(meta), ""])
