@@ -44,7 +44,7 @@ def test_training_record_fits_the_cpu_budget_of_an_idle_machine():
 
 
 # The known answer, measured (data/toyworld/positive_control/guidance_check.csv): at w_cal the planted gain is seen at
-# CFG 1 only (+0.23 [+0.12, +0.36]; CFG 3 / 5: +0.04 / +0.02, CIs across 0), the swapped pair lowers the score at
+# CFG 1 only (+0.23 [+0.12, +0.35]; CFG 3 / 5: +0.04 / +0.02, CIs across 0), the swapped pair lowers the score at
 # CFG 1 and 3 but not clearly at 5, and the neutral pair lowers it too at CFG 1 and 3 (-0.29, -0.15). These rules
 # were fixed before that run; they stay as written and are marked strict xfail (an unexpected pass fails), so the
 # defect stays visible until the model is retrained with headroom above its w = 0 quality (see data/toyworld/README.md).
