@@ -147,4 +147,5 @@ EXPERIMENT = Experiment(
     "p+ quality prefix beat p-?",
     config=ToyworldEvidenceConfig,
     fn=evidence,
+    needs_images=True,
 )

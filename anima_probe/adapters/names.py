@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from functools import lru_cache
 
+from anima_probe.errors import InputError
 from anima_probe.model.dit_file import DiTConfig, dit_layout
 from anima_probe.model.tiny import diffusers_to_original_keys
 
@@ -22,7 +23,7 @@ DEFAULT_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "
                    "mlp.layer1", "mlp.layer2")
 
 
-class LoraKeyError(ValueError):
+class LoraKeyError(InputError):
     """A LoRA file that does not fit this DiT: unknown module, wrong shape, missing half of a pair."""
 
 

@@ -11,6 +11,8 @@ import enum
 
 import torch
 
+from anima_probe.errors import InputError
+
 
 def guided_vector(base: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, w) -> torch.Tensor:
     """Eq. 3: ``y_hat = y(p) + w * (y(p+) - y(p-))``."""
@@ -40,12 +42,12 @@ def row_vectors(policy: CFGRowPolicy | str, base_cond: torch.Tensor, base_uncond
     try:
         policy = CFGRowPolicy(policy)
     except ValueError:
-        raise ValueError(f"unknown CFG row policy {policy!r}; choose from {[p.value for p in CFGRowPolicy]}") from None
+        raise InputError(f"unknown CFG row policy {policy!r}; choose from {[p.value for p in CFGRowPolicy]}") from None
     cond = base_cond + w * delta
     if policy is CFGRowPolicy.BOTH:
         return cond, cond
     if base_uncond is None:
-        raise ValueError(f"CFG row policy {policy.value!r} needs base_uncond")
+        raise InputError(f"CFG row policy {policy.value!r} needs base_uncond")
     if policy is CFGRowPolicy.PER_ROW_BASE:
         return cond, base_uncond + w * delta
     return cond, base_uncond

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from anima_probe.errors import InputError, MissingFileError
 from anima_probe.guidance.eq3 import CFGRowPolicy
 from anima_probe.guidance.sources import (
     CosmosPooledAdapter,
@@ -64,14 +65,14 @@ class Family:
 
     def require_clip(self, clip) -> None:
         if self.needs_clip and clip is None:
-            raise ValueError(f"family {self.name!r} reads CLIP-L pooled text: pass a CLIP model (--clip FILE)")
+            raise InputError(f"family {self.name!r} reads CLIP-L pooled text: pass a CLIP model (--clip FILE)")
 
     def block_vectors(self, vector_at: Callable[[int], torch.Tensor | None], num_blocks: int,
                       active: torch.Tensor | None = None, scales: torch.Tensor | None = None) -> tuple:
         """Block i's vector: ``vector_at(i)`` on every block, or (``every_block`` False) on the ``active`` ones only
         (None: all), times ``scales[i]`` for a family with per-block scales. None: the block is left alone."""
         if self.block_scales is not None and scales is None:
-            raise ValueError(f"family {self.name!r} needs the adapter's scales (N, {self.width}D)")
+            raise InputError(f"family {self.name!r} needs the adapter's scales (N, {self.width}D)")
         out = []
         for i in range(num_blocks):
             v = vector_at(i) if self.every_block or active is None or active[i] else None
@@ -84,14 +85,14 @@ REGISTRY: dict[str, Family] = {}
 
 def register(family: Family) -> Family:
     if family.name in REGISTRY:
-        raise ValueError(f"modulation family {family.name!r} is already registered")
+        raise InputError(f"modulation family {family.name!r} is already registered")
     REGISTRY[family.name] = family
     return family
 
 
 def get(name: str) -> Family:
     if name not in REGISTRY:
-        raise ValueError(f"unknown modulation family {name!r}; choose from {tuple(REGISTRY)}")
+        raise InputError(f"unknown modulation family {name!r}; choose from {tuple(REGISTRY)}")
     return REGISTRY[name]
 
 
@@ -99,7 +100,7 @@ def family_of(source: nn.Module) -> Family:
     for family in REGISTRY.values():
         if isinstance(source, family.source_type):
             return family
-    raise ValueError(f"{type(source).__name__} is the source of no registered family {tuple(REGISTRY)}")
+    raise InputError(f"{type(source).__name__} is the source of no registered family {tuple(REGISTRY)}")
 
 
 def guidance_delta(source: nn.Module, pos_pooled: torch.Tensor, neg_pooled: torch.Tensor) -> torch.Tensor:
@@ -114,7 +115,7 @@ def load_source(path, anima) -> nn.Module:
     or by its file type, and checked against the model's width and depth."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such modulation file")
+        raise MissingFileError(f"{path}: no such modulation file")
     if path.suffix == ".safetensors":
         keys = set(tensor_shapes(path))
         found = [f for f in REGISTRY.values() if f.key in keys]
@@ -142,13 +143,13 @@ def pool_clip(texts: list[str], tc, clip, pooling: str) -> torch.Tensor:
 
 def _sampleable_projection(proj: PooledTextProjection, anima) -> None:
     if proj.sigma_film is not None:
-        raise ValueError("this pooled_text_proj has sigma-FiLM armed: its delta depends on the step's t_emb, which "
+        raise InputError("this pooled_text_proj has sigma-FiLM armed: its delta depends on the step's t_emb, which "
                          "the once-per-prompt guided sampler does not support (the author reports FiLM inert)")
 
 
 def _matching_adapter(adapter: CosmosPooledAdapter, anima) -> None:
     if adapter.num_blocks != anima.num_blocks or adapter.model_channels != anima.dit_config.hidden:
-        raise ValueError(f"cosmos adapter is for {adapter.num_blocks} blocks x D={adapter.model_channels}, the model "
+        raise InputError(f"cosmos adapter is for {adapter.num_blocks} blocks x D={adapter.model_channels}, the model "
                          f"has {anima.num_blocks} x {anima.dit_config.hidden}")
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from anima_probe.errors import InputError
 from anima_probe.guidance import families
 from anima_probe.guidance.eq3 import CFGRowPolicy, row_vectors, uncond_base_prompt
 from anima_probe.guidance.families import guidance_delta
@@ -104,7 +105,7 @@ def modulation_for(gp: GuidedPrompts, guidance: Guidance, num_blocks: int, cfg: 
     fam = families.get(gp.family)
     if fam.final_arg is None and guidance.final_w:
         touching = "/".join(f.name for f in families.REGISTRY.values() if f.final_arg is not None)
-        raise ValueError(f"final_w applies to family {touching} (it modulates the final layer); family "
+        raise InputError(f"final_w applies to family {touching} (it modulates the final layer); family "
                          f"{fam.name!r} leaves the final layer alone")
     policy = guidance.policy(gp.family)
     base_uncond = gp.base_uncond.get(policy.value)
@@ -173,9 +174,9 @@ def sample_cells(anima, gp: GuidedPrompts, cells: Sequence[Cell], noise: torch.T
     same SDE noise (paired) and a cell reproduces bit for bit whatever grid it sits in.
     """
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
+        raise InputError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
     if noise.shape[0] != len(gp):
-        raise ValueError(f"noise has {noise.shape[0]} rows for {len(gp)} prompts")
+        raise InputError(f"noise has {noise.shape[0]} rows for {len(gp)} prompts")
     sigmas = simple_sigmas(steps, shift)
     size = 1 if sampler == "er_sde" else (chunk or len(cells))
     parts = [_run_chunk(anima, gp, cells[i : i + size], noise, sigmas, sampler, seed, progress)

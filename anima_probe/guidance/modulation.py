@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from anima_probe.errors import InputError
 from anima_probe.guidance import families
 from anima_probe.probes.hooks import add_vector, hooks
 
@@ -40,10 +41,10 @@ class Modulation:
 
     def __post_init__(self) -> None:
         if families.get(self.family).final_arg is None and self.final is not None:
-            raise ValueError(f"family {self.family!r} leaves the final layer unmodified (as its port): final=None")
+            raise InputError(f"family {self.family!r} leaves the final layer unmodified (as its port): final=None")
         widths = {v.shape[-1] for v in self.blocks if v is not None}
         if len(widths) > 1:
-            raise ValueError(f"block vectors disagree on their width: {sorted(widths)}")
+            raise InputError(f"block vectors disagree on their width: {sorted(widths)}")
 
     @property
     def touched(self) -> list[int]:
@@ -56,7 +57,7 @@ class Modulation:
         carry their full row count (R, W), so row r of the result is unambiguous."""
         family = {p.family for p in parts}
         if len(family) != 1 or len({len(p.blocks) for p in parts}) != 1:
-            raise ValueError("Modulation.cat needs parts of one family and one depth")
+            raise InputError("Modulation.cat needs parts of one family and one depth")
         return Modulation(family.pop(), tuple(_cat_rows([p.blocks[i] for p in parts])
                                               for i in range(len(parts[0].blocks))),
                           _cat_rows([p.final for p in parts]))
@@ -66,7 +67,7 @@ def _cat_rows(vecs: list[torch.Tensor | None]) -> torch.Tensor | None:
     if all(v is None for v in vecs):
         return None
     if any(v is None or v.ndim != 2 for v in vecs):
-        raise ValueError("Modulation.cat: every part needs (rows, W) vectors at the same blocks "
+        raise InputError("Modulation.cat: every part needs (rows, W) vectors at the same blocks "
                          "(a None next to a vector has no row count to fill)")
     return torch.cat(vecs)  # (R1 + R2 + ..., W)
 
@@ -86,11 +87,11 @@ def build(family: str, vector_at: Callable[[float], torch.Tensor | None], weight
     """
     fam = families.get(family)
     if fam.final_arg is None and final_weight:
-        raise ValueError(f"family {family!r} has no final-layer vector (its port leaves norm_out alone)")
+        raise InputError(f"family {family!r} has no final-layer vector (its port leaves norm_out alone)")
     counts = [("weights", len(weights)), ("active flags", None if active is None else len(active)),
               ("scales rows", None if scales is None else scales.shape[0])]
     if len({n for _, n in counts if n is not None}) > 1:
-        raise ValueError(f"{family}: " + ", ".join(f"{n} {what}" for what, n in counts if n is not None))
+        raise InputError(f"{family}: " + ", ".join(f"{n} {what}" for what, n in counts if n is not None))
     blocks = fam.block_vectors(lambda i: vector_at(float(weights[i])), len(weights), active, scales)
     final = None if fam.final_arg is None or final_weight is None else vector_at(float(final_weight))
     return Modulation(family, blocks, final)
@@ -101,7 +102,7 @@ def constant(family: str, vector: torch.Tensor, num_blocks: int, *, final: bool 
     final=False): the distillation student's forward, ``t_emb + P(pool(p))`` everywhere, with no guidance term."""
     fam = families.get(family)
     if fam.block_scales is not None:
-        raise ValueError(f"for family {family!r} use build(...) with the source's per-block scales")
+        raise InputError(f"for family {family!r} use build(...) with the source's per-block scales")
     return Modulation(family, (vector,) * num_blocks, vector if final and fam.final_arg is not None else None)
 
 
@@ -109,13 +110,13 @@ def constant(family: str, vector: torch.Tensor, num_blocks: int, *, final: bool 
 def inject(anima, modulation: Modulation) -> Iterator[Modulation]:
     """Run the DiT with ``modulation`` added where its family says; every hook is removed in ``finally``."""
     if len(modulation.blocks) != anima.num_blocks:
-        raise ValueError(f"modulation has {len(modulation.blocks)} block vectors, the model {anima.num_blocks} blocks")
+        raise InputError(f"modulation has {len(modulation.blocks)} block vectors, the model {anima.num_blocks} blocks")
     fam = families.get(modulation.family)
     width, arg = fam.width * anima.dit_config.hidden, fam.block_arg
     edits = {}
     for i in modulation.touched:
         if modulation.blocks[i].shape[-1] != width:
-            raise ValueError(f"blocks.{i}: {fam.name} vectors are {fam.width}*D = {width} wide, "
+            raise InputError(f"blocks.{i}: {fam.name} vectors are {fam.width}*D = {width} wide, "
                              f"got {modulation.blocks[i].shape[-1]}")
         edits[f"blocks.{i}.{arg}"] = add_vector(modulation.blocks[i], where=f"blocks.{i} {arg}")
     if modulation.final is not None:

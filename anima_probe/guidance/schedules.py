@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from anima_probe.errors import UsageError
 from anima_probe.guidance.sources import REFERENCE_BLOCKS
 
 _INTERVAL = re.compile(r"^interval:(-?\d+):(-?\d+)([\])])$")
@@ -29,28 +30,28 @@ def block_weights(num_blocks: int, w: float, schedule: str = "uniform", start: i
     last block is clipped (the official code uses 1000 to mean "all").
     """
     if num_blocks < 1:
-        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        raise UsageError(f"num_blocks must be >= 1, got {num_blocks}")
     first = start + num_blocks if start < 0 else start
     if not 0 <= first < num_blocks:
-        raise ValueError(f"start={start} is outside blocks 0..{num_blocks - 1}")
+        raise UsageError(f"start={start} is outside blocks 0..{num_blocks - 1}")
     if schedule == "uniform":
         if start != 0 or end is not None:
-            raise ValueError("schedule 'uniform' touches every block; use 'step' or 'interval' with start/end")
+            raise UsageError("schedule 'uniform' touches every block; use 'step' or 'interval' with start/end")
         stop = num_blocks
     elif schedule == "step":
         if end is not None:
-            raise ValueError("schedule 'step' runs to the last block; use 'interval' to give an end")
+            raise UsageError("schedule 'step' runs to the last block; use 'interval' to give an end")
         stop = num_blocks
     elif schedule == "interval":
         if end is None or end_inclusive is None:
-            raise ValueError("schedule 'interval' needs end= and end_inclusive= (Anzhc's end is inclusive, "
+            raise UsageError("schedule 'interval' needs end= and end_inclusive= (Anzhc's end is inclusive, "
                              "sorryhyun's exclusive); or use from_anzhc / from_sorryhyun")
         last = end + num_blocks if end < 0 else end
         stop = min(last + 1 if end_inclusive else last, num_blocks)
         if stop <= first:
-            raise ValueError(f"interval start={start} end={end} (inclusive={end_inclusive}) touches no block")
+            raise UsageError(f"interval start={start} end={end} (inclusive={end_inclusive}) touches no block")
     else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose from 'uniform', 'step', 'interval'")
+        raise UsageError(f"unknown schedule {schedule!r}; choose from 'uniform', 'step', 'interval'")
     weights = torch.zeros(num_blocks)  # (N,)
     weights[first:stop] = w
     return weights
@@ -101,9 +102,9 @@ def profile(name: str, num_blocks: int, w: float | None = None) -> torch.Tensor:
     if name not in PROFILES:
         close = difflib.get_close_matches(name, PROFILES, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown profile {name!r}{hint} Known: {sorted(PROFILES)}")
+        raise UsageError(f"unknown profile {name!r}{hint} Known: {sorted(PROFILES)}")
     if num_blocks < 1:
-        raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        raise UsageError(f"num_blocks must be >= 1, got {num_blocks}")
     ref = PROFILES[name].weights(w)  # (28,)
     if num_blocks == 1:
         return ref[:1].clone()
@@ -152,5 +153,5 @@ class Schedule:
             return Schedule("interval", int(m.group(1)), int(m.group(2)), m.group(3) == "]")
         if text in PROFILES:
             return Schedule("profile", profile=text)
-        raise ValueError(f"unknown schedule {text!r}: use uniform, step:START, interval:START:END] (end inclusive), "
+        raise UsageError(f"unknown schedule {text!r}: use uniform, step:START, interval:START:END] (end inclusive), "
                          f"interval:START:END) (end exclusive), or a profile {sorted(PROFILES)}")

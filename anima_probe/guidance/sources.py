@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from anima_probe.errors import InputError, MissingFileError
 from anima_probe.model.files import ModelFileError, check_layout, load_tensors, read_metadata, save_tensors
 from anima_probe.pipeline.atomic import atomic_path
 
@@ -49,7 +50,7 @@ def _read_safetensors(path: Path, fmt: str) -> dict[str, torch.Tensor]:
 def _existing(path) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
     return path
 
 
@@ -94,14 +95,14 @@ class PooledTextProjection(nn.Module):
         ``sigma_flat=True`` skips an armed FiLM (what the community inference bake does without a t_emb).
         """
         if pooled.shape[-1] != self.text_dim:
-            raise ValueError(f"pooled_text_proj expects (B, {self.text_dim}), got {tuple(pooled.shape)}")
+            raise InputError(f"pooled_text_proj expects (B, {self.text_dim}), got {tuple(pooled.shape)}")
         w = self.linear_in.weight
         h = self.linear_in(pooled.to(w.dtype))  # (B, D)
         if self.sigma_film is not None and not sigma_flat:
             if t_emb is None:
-                raise ValueError("pooled_text_proj has sigma_film armed: pass t_emb (B, D), or sigma_flat=True")
+                raise InputError("pooled_text_proj has sigma_film armed: pass t_emb (B, D), or sigma_flat=True")
             if t_emb.shape[-1] != self.model_channels:
-                raise ValueError(f"t_emb must end in D={self.model_channels}, got {tuple(t_emb.shape)}")
+                raise InputError(f"t_emb must end in D={self.model_channels}, got {tuple(t_emb.shape)}")
             scale, shift = self.sigma_film(t_emb.to(w.dtype)).chunk(2, dim=-1)  # (B, D) each
             h = h * (1 + scale) + shift
         return self.linear_out(getattr(self, "1")(h))  # (B, D)
@@ -181,7 +182,7 @@ class CosmosPooledAdapter(nn.Module):
     def project(self, pooled_clip: torch.Tensor) -> torch.Tensor:
         """pooled_clip (B, clip_dim) -> m (B, 3D), in the weights' dtype."""
         if pooled_clip.shape[-1] != self.clip_dim:
-            raise ValueError(f"cosmos adapter expects pooled CLIP (B, {self.clip_dim}), got {tuple(pooled_clip.shape)}")
+            raise InputError(f"cosmos adapter expects pooled CLIP (B, {self.clip_dim}), got {tuple(pooled_clip.shape)}")
         return self.text_embedder_clip(pooled_clip.to(self.scales.dtype))  # (B, 3D)
 
     def block_term(self, m: torch.Tensor, block_index: int) -> torch.Tensor:

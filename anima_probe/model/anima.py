@@ -19,6 +19,7 @@ from diffusers import AnimaTextConditioner, CosmosTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
 from transformers import Qwen3Config, Qwen3Model
 
+from anima_probe.errors import InputError, MissingFileError
 from anima_probe.model import dit_file as ckpt
 from anima_probe.model.dit_file import AdapterConfig, DiTConfig
 from anima_probe.model.files import (
@@ -87,7 +88,7 @@ def dit_velocity(transformer: CosmosTransformer3DModel, x_t: torch.Tensor, sigma
     B, C, H, W = x_t.shape
     p = transformer.config.patch_size[1]
     if H % p or W % p:
-        raise ValueError(f"latent size {H}x{W} is not a multiple of the patch size {p}")
+        raise InputError(f"latent size {H}x{W} is not a multiple of the patch size {p}")
     dtype = transformer.patch_embed.proj.weight.dtype
     sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32).reshape(-1).expand(B)  # (B,)
     x = x_t.to(dtype).unsqueeze(2)  # (B, C, 1, H, W): an image is a one-frame video
@@ -183,11 +184,11 @@ def load_dit_file(path: Path, device="cpu", dtype=torch.float32):
     # The adapter is split off first: diffusers' Cosmos converter does plain substring replacements that would
     # mangle adapter keys (e.g. "q_proj" -> "to_q").
     adapter = build_adapter(ad_c)
-    ad_sd = load_tensors(path, {prefix + ckpt.ADAPTER_PREFIX + k: k for k in ad_shapes}, dtype, device)
+    ad_sd = load_tensors(path, {prefix + ckpt.ADAPTER_PREFIX + k: k for k in ad_shapes}, dtype, device, weights=True)
     adapter.load_state_dict(ad_sd, strict=True, assign=True)
     del ad_sd
     transformer = build_transformer(dit_c)
-    dit_sd = load_tensors(path, {prefix + k: k for k in dit_shapes}, dtype, device)
+    dit_sd = load_tensors(path, {prefix + k: k for k in dit_shapes}, dtype, device, weights=True)
     dit_sd = convert_cosmos_transformer_checkpoint_to_diffusers(dit_sd)
     transformer.load_state_dict(dit_sd, strict=True, assign=True)
     return _freeze(transformer), _freeze(adapter), dit_c
@@ -230,7 +231,7 @@ def qwen3_config(shapes: dict[str, tuple[int, ...]], path) -> Qwen3Config:
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=required_shape(shapes, "layers.0.mlp.gate_proj.weight", path)[0],
-        num_hidden_layers=count_indexed(shapes, r"layers\.(\d+)\."),
+        num_hidden_layers=count_indexed(shapes, r"layers\.(\d+)\.mlp\.gate_proj\.weight$"),
         num_attention_heads=required_shape(shapes, "layers.0.self_attn.q_proj.weight", path)[0] // head_dim,
         num_key_value_heads=required_shape(shapes, "layers.0.self_attn.k_proj.weight", path)[0] // head_dim,
         head_dim=head_dim,
@@ -255,7 +256,7 @@ def load_qwen3_file(path: Path, device="cpu", dtype=torch.float32) -> Qwen3Model
     found = {k: s for k, s in bare.items()}
     found.update({k: s for k, s in shapes.items() if not k.startswith(prefix) and k != "lm_head.weight"})
     check_layout(found, expected, path, fmt, prefix)
-    sd = load_tensors(path, {prefix + k: k for k in expected}, dtype, device)
+    sd = load_tensors(path, {prefix + k: k for k in expected}, dtype, device, weights=True)
     model.load_state_dict(sd, strict=True, assign=True)
     return _freeze(model)
 
@@ -292,9 +293,9 @@ def _one_file(root: Path, role: str, required: bool) -> Path | None:
             return files[0]
         if len(files) > 1:
             names = ", ".join(f.name for f in files)
-            raise FileNotFoundError(f"{d}: {len(files)} .safetensors files ({names}); choose one with --{role.replace('_', '-')}")
+            raise MissingFileError(f"{d}: {len(files)} .safetensors files ({names}); choose one with --{role.replace('_', '-')}")
     if required:
-        raise FileNotFoundError(f"no {role} .safetensors found under {root} (looked in {', '.join(looked)})")
+        raise MissingFileError(f"no {role} .safetensors found under {root} (looked in {', '.join(looked)})")
     return None
 
 
@@ -304,7 +305,7 @@ def find_model_files(root: Path, **overrides) -> ModelFiles:
 
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"--model {root}: not a folder")
+        raise MissingFileError(f"--model {root}: not a folder")
     if (root / "transformer" / "config.json").is_file():  # diffusers layout
         dit, te = root, root / "text_encoder"
     else:
@@ -341,17 +342,38 @@ def load_anima(model: str | Path | None = None, *, device: str | torch.device = 
     else:
         transformer, adapter, dit_c = load_dit_file(files.dit, device, dtype)
         if with_text and files.text_encoder is None:
-            raise FileNotFoundError(f"--model {root}: no text encoder found; pass --text-encoder FILE")
+            raise MissingFileError(f"--model {root}: no text encoder found; pass --text-encoder FILE")
         text_encoder = load_qwen3_file(files.text_encoder, device, dtype) if with_text else None
     qtok = ttok = None
     if with_text:
         qtok, ttok = load_tokenizers(files.qwen_tokenizer, files.t5_tokenizer)
     vae = load_vae(files.vae, device=device, dtype=dtype) if with_vae and files.vae is not None else None
+    _check_agreement(files, dit_c, adapter, text_encoder, vae)
     roles = {"dit": files.dit, "text_encoder": files.text_encoder, "vae": files.vae if vae is not None else None,
              "qwen_tokenizer": files.qwen_tokenizer, "t5_tokenizer": files.t5_tokenizer}
     return Anima(transformer=transformer, adapter=adapter, dit_config=dit_c, text_encoder=text_encoder,
                  qwen_tokenizer=qtok, t5_tokenizer=ttok, vae=vae, files={k: v for k, v in roles.items() if v},
                  name=_model_name(root, files))
+
+
+def require_images(anima: Anima, why: str) -> None:
+    """A latent DiT without a VAE cannot make RGB images: one error naming why they were wanted."""
+    if anima.vae is None and anima.dit_config.in_channels != 3:
+        raise InputError(f"{why}, but the DiT in {anima.files['dit']} samples {anima.dit_config.in_channels}-channel "
+                         "latents and no VAE was found (a vae/ folder beside it, or --vae FILE)")
+
+
+def _check_agreement(files: ModelFiles, dit_c: DiTConfig, adapter, text_encoder, vae) -> None:
+    """The files come from one model: each loads on its own, but a text encoder of another width (or a VAE with
+    other latent channels) would only fail as a matrix-shape error deep inside the first forward."""
+    width, reads = (text_encoder.config.hidden_size, adapter.config.source_dim) if text_encoder is not None else (0, 0)
+    if width != reads:
+        raise InputError(f"{files.text_encoder}: the text encoder's width is {width}, but the LLM adapter in "
+                         f"{files.dit} reads {reads}: the two files are from different models")
+    channels = vae.config.z_dim if vae is not None else dit_c.in_channels
+    if channels != dit_c.in_channels:
+        raise InputError(f"{files.vae}: the VAE's latents have {channels} channels, but the DiT in {files.dit} "
+                         f"samples {dit_c.in_channels}: the two files are from different models")
 
 
 def _model_name(root: Path, files: ModelFiles) -> str:

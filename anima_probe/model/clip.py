@@ -26,6 +26,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from tokenizers import trainers as tk_trainers
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from anima_probe.errors import InputError, MissingFileError
 from anima_probe.model.files import (
     ModelFileError,
     check_layout,
@@ -132,7 +133,7 @@ def load_clip_file(path, tokenizer, device="cpu", dtype=torch.float32) -> CLIPTe
         model = CLIPTextModel(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_layout(bare, expected, path, "CLIP text single file", inner)
-    state = load_tensors(path, {inner + k: k for k in expected}, dtype, device)
+    state = load_tensors(path, {inner + k: k for k in expected}, dtype, device, weights=True)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
@@ -145,13 +146,13 @@ def load_clip_tokenizer(folder):
     folder = Path(folder)
     missing = [n for n in ("vocab.json", "merges.txt") if not (folder / n).is_file()]
     if missing and not (folder / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"CLIP tokenizer folder {folder} is missing {', '.join(missing)} "
+        raise MissingFileError(f"CLIP tokenizer folder {folder} is missing {', '.join(missing)} "
                                 "(or, instead, tokenizer.json)")
     tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     for name, want in (("bos", BOS), ("eos", EOS)):
         token = getattr(tok, f"{name}_token")
         if token != want or getattr(tok, f"{name}_token_id") is None:
-            raise ValueError(f"CLIP tokenizer in {folder}: {name} token is {token!r}, expected {want!r}")
+            raise InputError(f"CLIP tokenizer in {folder}: {name} token is {token!r}, expected {want!r}")
     return tok
 
 
@@ -160,7 +161,7 @@ def _find_tokenizer(path: Path) -> Path:
         for name in TOKENIZER_DIRS:
             if (base / name / "vocab.json").is_file() or (base / name / "tokenizer.json").is_file():
                 return base / name
-    raise FileNotFoundError(f"{path}: no CLIP tokenizer folder next to it (looked for {', '.join(TOKENIZER_DIRS)} "
+    raise MissingFileError(f"{path}: no CLIP tokenizer folder next to it (looked for {', '.join(TOKENIZER_DIRS)} "
                             f"in {path.parent} and {path.parent.parent}); pass tokenizer=FOLDER")
 
 
@@ -175,11 +176,11 @@ def load_clip(path, tokenizer=None, device="cpu", dtype=torch.float32) -> ClipTe
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"))
         if len(files) != 1:
-            raise FileNotFoundError(f"{path}: expected one CLIP .safetensors file (or a config.json), found "
+            raise MissingFileError(f"{path}: expected one CLIP .safetensors file (or a config.json), found "
                                     f"{len(files)}: {[f.name for f in files]}")
         path = files[0]
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such CLIP file or folder")
+        raise MissingFileError(f"{path}: no such CLIP file or folder")
     tok_dir = Path(tokenizer) if tokenizer is not None else _find_tokenizer(path)
     tok = load_clip_tokenizer(tok_dir)
     return ClipText(load_clip_file(path, tok, device, dtype), tok, {"clip": path, "clip_tokenizer": tok_dir})

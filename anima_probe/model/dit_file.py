@@ -93,7 +93,8 @@ def infer_dit_config(shapes: dict[str, tuple[int, ...]], path="<state dict>") ->
         )
     return DiTConfig(
         hidden=hidden,
-        num_blocks=count_indexed(shapes, r"blocks\.(\d+)\."),
+        # a block is counted by a weight every block has: a stray "blocks.99.foo" is one unexpected key
+        num_blocks=count_indexed(shapes, r"blocks\.(\d+)\.mlp\.layer1\.weight$"),
         head_dim=required_shape(shapes, "blocks.0.self_attn.q_norm.weight", path)[0],
         mlp_hidden=required_shape(shapes, "blocks.0.mlp.layer1.weight", path)[0],
         text_dim=required_shape(shapes, "blocks.0.cross_attn.k_proj.weight", path)[1],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -21,13 +22,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from anima_probe.errors import InputError
 from anima_probe.pipeline.atomic import atomic_path
 
 SHOWN_KEYS = 5  # offending keys named per category in an error message
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError):
     """A model file that cannot be loaded as asked: missing, not safetensors, truncated, of another format, or
     with keys and shapes that do not match the architecture. The message names the file (and key)."""
 
@@ -74,27 +76,52 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return dict(read_header(path).get("__metadata__") or {})
 
 
+FLOAT_KINDS = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}  # safetensors names
+
+
+def check_dtypes(header: Mapping, path, keys) -> None:
+    """Every tensor in `keys` is stored in a floating dtype of a known kind (float64: allowed, with a warning)."""
+    bad = [(k, header[k]["dtype"]) for k in keys if header[k].get("dtype") not in FLOAT_KINDS]
+    if bad:
+        shown = ", ".join(f"{k} ({d})" for k, d in bad[:SHOWN_KEYS])
+        raise ModelFileError(f"{path}: {len(bad)} tensor(s) not stored as float16, bfloat16, float32 or float64: {shown}")
+    if any(header[k]["dtype"] == "F64" for k in keys):
+        warnings.warn(f"{path}: stored in float64; loading it cast to the requested dtype (a float64 Anima file is "
+                      "unusual: was it exported by mistake?)", stacklevel=3)
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or inf in `t`. One sum first: NaN and inf propagate through it, so a finite sum proves the tensor
+    finite at the cost of one reduction in the tensor's own dtype (measured ~0.1x a copy of it; asking for a float32
+    result instead made bf16 24x slower); only a non-finite sum (or an overflow) pays for the exact check."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def load_tensors(path: str | Path, keys: Mapping[str, str] | None = None, dtype: torch.dtype | None = None,
-                 device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+                 device: str | torch.device = "cpu", weights: bool = False) -> dict[str, torch.Tensor]:
     """Read `keys` (file key -> wanted key; None: every key under its own name) one tensor at a time, cast as
-    it goes (floating-point tensors only).
+    it goes (floating-point tensors only). With `weights` (a model's weight file), every tensor must be stored as a
+    float of a known kind and hold no NaN or inf (checked before the cast, which could overflow): a non-finite
+    weight makes all-white images with no other sign.
 
     One tensor at a time keeps the peak at about one copy of the weights: a full-size bf16 file is never held as a
     whole state dict next to its converted twin.
     """
     path = Path(path)
-    if keys is None:
-        keys = {k: k for k in tensor_shapes(path)}
-    else:
-        read_header(path)  # a clear error for a truncated or foreign file, before safetensors' own
+    header = read_header(path)  # a clear error for a truncated or foreign file, before safetensors' own
+    keys = {k: k for k in header if k != "__metadata__"} if keys is None else keys
+    if weights:
+        check_dtypes(header, path, [k for k in keys if k in header])  # an absent key: safetensors' error below
     out: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for file_key, key in keys.items():
                 t = f.get_tensor(file_key)
-                if dtype is not None and t.is_floating_point():
-                    t = t.to(dtype)
-                out[key] = t.to(device)
+                if weights and not all_finite(t):
+                    raise ModelFileError(f"{path}: tensor '{file_key}' holds NaN or inf values")
+                out[key] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).to(device)
+    except ModelFileError:
+        raise
     except Exception as e:  # safetensors raises SafetensorError, OSError, ... without naming the file
         raise ModelFileError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
     return out

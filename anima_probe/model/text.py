@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from anima_probe.errors import InputError
 from anima_probe.model.anima import CROSSATTN_TOKENS, Anima
 from anima_probe.model.tokenization import qwen_pad_id, tokenize_qwen, tokenize_t5
 
@@ -43,6 +44,13 @@ class TextConditioning:
     @staticmethod
     def cat(parts: list[TextConditioning]) -> TextConditioning:
         return TextConditioning(*(torch.cat(ts) for ts in zip(*(p.astuple() for p in parts))))
+
+
+def token_counts(anima: Anima, prompts: list[str]) -> list[int]:
+    """Per prompt, the longer of its Qwen and T5 token counts: above `CROSSATTN_TOKENS` it is truncated."""
+    qwen = tokenize_qwen(anima.qwen_tokenizer, prompts)
+    t5 = tokenize_t5(anima.t5_tokenizer, prompts)
+    return [max(len(q), len(t)) for q, t in zip(qwen, t5)]
 
 
 def _fit(ids: list[int], limit: int, what: str, prompt: str) -> list[int]:
@@ -79,7 +87,7 @@ def tokenize_prompts(qwen_tokenizer, t5_tokenizer, prompts: list[str], empty_pro
     unmasked, T5 gets [</s>]. "diffusers": one masked stand-in token with a zeroed embedding (docs/anima.md,
     "Text path")."""
     if empty_prompt not in EMPTY_PROMPT_POLICIES:
-        raise ValueError(f"empty_prompt must be one of {EMPTY_PROMPT_POLICIES}, got {empty_prompt!r}")
+        raise InputError(f"empty_prompt must be one of {EMPTY_PROMPT_POLICIES}, got {empty_prompt!r}")
     qwen = [_fit(i, CROSSATTN_TOKENS, "Qwen", p) for i, p in zip(tokenize_qwen(qwen_tokenizer, prompts), prompts)]
     t5 = [_fit(i, CROSSATTN_TOKENS, "T5", p) for i, p in zip(tokenize_t5(t5_tokenizer, prompts), prompts)]
     pad = qwen_pad_id(qwen_tokenizer)

@@ -9,6 +9,8 @@ exactly as the real files do. The same writer saves the trained toy world (`save
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,9 +19,11 @@ from diffusers import AutoencoderKLQwenImage, CosmosTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_cosmos_transformer_checkpoint_to_diffusers
 from transformers import Qwen3Config, Qwen3Model
 
+from anima_probe.errors import InputError
 from anima_probe.model.anima import QWEN_ROPE_THETA
 from anima_probe.model.dit_file import ADAPTER_PREFIX, AdapterConfig, DiTConfig, adapter_layout, dit_layout
 from anima_probe.model.files import save_tensors
+from anima_probe.pipeline.atomic import atomic_write_text
 
 PREFIX_CHOICES = {"net.": "net.", "model.diffusion_model.": "model.diffusion_model.", "none": ""}
 DIT_FILE = "diffusion_models/anima-tiny.safetensors"
@@ -115,7 +119,7 @@ def write_tiny(out_dir: Path, prefix: str = "net.", seed: int = 0, with_vae: boo
     from anima_probe.model.tokenization import load_tokenizers, train_tiny_tokenizers
 
     if prefix not in PREFIX_CHOICES:
-        raise ValueError(f"prefix must be one of {list(PREFIX_CHOICES)}, got {prefix!r}")
+        raise InputError(f"prefix must be one of {list(PREFIX_CHOICES)}, got {prefix!r}")
     out = Path(out_dir)
     qdir, tdir = train_tiny_tokenizers(out, corpus or [], seed=seed)
     qtok, ttok = load_tokenizers(qdir, tdir)
@@ -129,6 +133,42 @@ def write_tiny(out_dir: Path, prefix: str = "net.", seed: int = 0, with_vae: boo
     write_dit_file(out / DIT_FILE, state, PREFIX_CHOICES[prefix], {"format": "anima-tiny", "seed": seed})
     if with_vae:
         write_tiny_vae(out / VAE_FILE, seed=seed)
-    (out / "tiny.json").write_text(json.dumps({"seed": seed, "prefix": prefix, "dit": asdict(TINY_DIT),
-                                               "adapter": asdict(ad), "qwen3": TINY_QWEN}, indent=2) + "\n")
+    atomic_write_text(out / "tiny.json", json.dumps({"seed": seed, "prefix": prefix, "dit": asdict(TINY_DIT),
+                                                     "adapter": asdict(ad), "qwen3": TINY_QWEN}, indent=2) + "\n")
+    return out
+
+
+LAYOUTS = ("single-file", "diffusers", "comfyui")
+
+
+def write_tiny_layout(out_dir: Path, layout: str = "single-file", prefix: str = "net.", seed: int = 0) -> Path:
+    """A tiny twin in one of the layouts the real weights are published in: the single files (`prefix` chooses
+    the DiT file's key prefix), the diffusers folder (transformer/, text_conditioner/, text_encoder/, vae/,
+    tokenizer/, t5_tokenizer/) or a ComfyUI install (models/{diffusion_models,text_encoders,vae}/ and the tokenizers
+    under comfy/text_encoders/). The same weights in every layout, so each must load to the same model."""
+    from anima_probe.model.anima import load_anima
+    from anima_probe.model.tokenization import QWEN_DIR_NAME, T5_DIR_NAME
+
+    if layout not in LAYOUTS:
+        raise InputError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    out = Path(out_dir)
+    if layout == "single-file":
+        return write_tiny(out, prefix=prefix, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = write_tiny(Path(tmp) / "twin", prefix=prefix, seed=seed)
+        if layout == "comfyui":
+            for sub in ("diffusion_models", "text_encoders", "vae"):
+                shutil.copytree(src / sub, out / "models" / sub)
+            for tok in (QWEN_DIR_NAME, T5_DIR_NAME):
+                shutil.copytree(src / tok, out / "comfy" / "text_encoders" / tok)
+            return out
+        anima = load_anima(src)
+        # the Diffusers repo declares the 16 latent channels and lets the model add the padding-mask channel
+        anima.transformer.register_to_config(in_channels=TINY_DIT.in_channels, concat_padding_mask=True)
+        anima.transformer.save_pretrained(out / "transformer")
+        anima.adapter.save_pretrained(out / "text_conditioner")
+        anima.text_encoder.save_pretrained(out / "text_encoder")
+        anima.vae.save_pretrained(out / "vae")
+        shutil.copytree(src / QWEN_DIR_NAME, out / "tokenizer")
+        shutil.copytree(src / T5_DIR_NAME, out / T5_DIR_NAME)
     return out

@@ -26,6 +26,8 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import trainers as tk_trainers
 
+from anima_probe.errors import InputError, MissingFileError
+
 QWEN_DIR_NAME = "qwen25_tokenizer"  # ComfyUI's folder name, also used for the tiny stand-in
 T5_DIR_NAME = "t5_tokenizer"
 QWEN_PAD_TOKEN = "<|endoftext|>"  # id 151643 in the real vocabulary
@@ -129,7 +131,7 @@ def _train_t5(corpus: list[str], vocab_size: int) -> Tokenizer:
         tok.train_from_iterator(corpus, trainer)
     except Exception as err:  # the Rust trainer raises a bare Exception
         n_chars = len({ch for text in corpus for ch in text if not ch.isspace()})
-        raise ValueError(f"t5_vocab={vocab_size} cannot train on this corpus ({n_chars} distinct characters "
+        raise InputError(f"t5_vocab={vocab_size} cannot train on this corpus ({n_chars} distinct characters "
                          f"plus 3 special tokens): {err}") from err
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", T5_EOS_ID)]
@@ -211,10 +213,10 @@ def train_tiny_tokenizers(
     `qwen_vocab` counts the pad token.
     """
     if qwen_vocab < 258:
-        raise ValueError(f"qwen_vocab={qwen_vocab} is too small: the 256 byte tokens and the pad token "
+        raise InputError(f"qwen_vocab={qwen_vocab} is too small: the 256 byte tokens and the pad token "
                          "need 257 slots, and at least one merge is needed")
     if t5_vocab < 16:
-        raise ValueError(f"t5_vocab={t5_vocab} is too small: need at least 16 (3 special tokens + pieces)")
+        raise InputError(f"t5_vocab={t5_vocab} is too small: need at least 16 (3 special tokens + pieces)")
     extra = list(corpus or [])
     bad = [i for i, text in enumerate(extra) if not isinstance(text, str)]
     if bad:
@@ -248,7 +250,7 @@ def qwen_pad_id(tok) -> int:
         return int(tok.pad_token_id)
     pad = tok.convert_tokens_to_ids(QWEN_PAD_TOKEN)
     if pad is None or pad == tok.unk_token_id:
-        raise ValueError(f"Qwen tokenizer from {tok.name_or_path!r} has no pad token and no {QWEN_PAD_TOKEN}")
+        raise InputError(f"Qwen tokenizer from {tok.name_or_path!r} has no pad token and no {QWEN_PAD_TOKEN}")
     return int(pad)
 
 
@@ -257,7 +259,7 @@ def _check_t5_ids(tok, folder: Path) -> None:
     found = {"<pad>": tok.pad_token_id, "</s>": tok.eos_token_id, "<unk>": tok.unk_token_id}
     wanted = {"<pad>": T5_PAD_ID, "</s>": T5_EOS_ID, "<unk>": T5_UNK_ID}
     if found != wanted:
-        raise ValueError(f"T5 tokenizer in {folder} has special ids {found}; Anima needs {wanted}")
+        raise InputError(f"T5 tokenizer in {folder} has special ids {found}; Anima needs {wanted}")
 
 
 def load_tokenizers(qwen_dir: str | os.PathLike[str], t5_dir: str | os.PathLike[str]):
@@ -268,7 +270,7 @@ def load_tokenizers(qwen_dir: str | os.PathLike[str], t5_dir: str | os.PathLike[
     for folder, kind in ((qwen_path, "Qwen"), (t5_path, "T5")):
         reason = _missing(folder, kind.lower())
         if reason is not None:
-            raise FileNotFoundError(f"{kind} tokenizer folder incomplete: {reason}")
+            raise MissingFileError(f"{kind} tokenizer folder incomplete: {reason}")
     qwen = Qwen2Tokenizer.from_pretrained(str(qwen_path), local_files_only=True)
     t5 = T5TokenizerFast.from_pretrained(str(t5_path), local_files_only=True)
     qwen_pad_id(qwen)  # fails early, naming the folder, when there is no pad token
@@ -282,7 +284,7 @@ def find_tokenizer_dirs(root: str | os.PathLike[str]) -> tuple[Path, Path]:
     wins, and a folder counts when it has the files `load_tokenizers` needs."""
     base = Path(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"tokenizer root {base} is not a folder")
+        raise MissingFileError(f"tokenizer root {base} is not a folder")
     looked = []
     for layout, qwen_rel, t5_rel in _LAYOUTS:
         qwen_dir, t5_dir = base / qwen_rel, base / t5_rel
@@ -290,7 +292,7 @@ def find_tokenizer_dirs(root: str | os.PathLike[str]) -> tuple[Path, Path]:
         if not reasons:
             return qwen_dir, t5_dir
         looked.append(f"  - {layout}: {qwen_dir} + {t5_dir}: {'; '.join(reasons)}")
-    raise FileNotFoundError(f"no Qwen + T5 tokenizer folders under {base}; looked in:\n" + "\n".join(looked))
+    raise MissingFileError(f"no Qwen + T5 tokenizer folders under {base}; looked in:\n" + "\n".join(looked))
 
 
 def _plain_ids(tok, prompts: Sequence[str]) -> list[list[int]]:
@@ -305,7 +307,7 @@ def _plain_ids(tok, prompts: Sequence[str]) -> list[list[int]]:
 
 def _check_max_length(max_length: int | None, minimum: int) -> None:
     if max_length is not None and max_length < minimum:
-        raise ValueError(f"max_length={max_length} must be at least {minimum} (or None for no truncation)")
+        raise InputError(f"max_length={max_length} must be at least {minimum} (or None for no truncation)")
 
 
 def tokenize_qwen(tok, prompts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
@@ -322,7 +324,7 @@ def tokenize_t5(tok, prompts: Sequence[str], max_length: int | None = None) -> l
     _check_max_length(max_length, 1)
     eos = tok.eos_token_id
     if eos is None:
-        raise ValueError(f"T5 tokenizer from {tok.name_or_path!r} has no EOS token")
+        raise InputError(f"T5 tokenizer from {tok.name_or_path!r} has no EOS token")
     ids = _plain_ids(tok, prompts)
     keep = None if max_length is None else max_length - 1
     return [row[:keep] + [int(eos)] for row in ids]

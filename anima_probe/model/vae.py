@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLQwenImage
 
+from anima_probe.errors import InputError
 from anima_probe.model.files import ModelFileError, check_layout, load_tensors, tensor_shapes
 
 # Wan2.1 latent statistics (ComfyUI latent_formats.Wan21; diffusers and diffusion-pipe agree). docs/anima.md holds
@@ -145,7 +146,7 @@ def infer_vae_config(state_dict: Mapping[str, object]) -> dict:
     """
     wan = detect_format(state_dict) == WAN_FORMAT
     if detect_format(state_dict) is None:
-        raise ValueError(f"not a Wan/Qwen-Image VAE state dict; first keys: {sorted(state_dict)[:_SHOW]}")
+        raise InputError(f"not a Wan/Qwen-Image VAE state dict; first keys: {sorted(state_dict)[:_SHOW]}")
     conv_in, post_quant = (
         ("encoder.conv1.weight", "conv2.weight")
         if wan
@@ -156,13 +157,13 @@ def infer_vae_config(state_dict: Mapping[str, object]) -> dict:
     )
     for needed in (conv_in, post_quant):
         if needed not in state_dict:
-            raise ValueError(f"cannot infer the VAE config: key {needed!r} is missing")
+            raise InputError(f"cannot infer the VAE config: key {needed!r} is missing")
     blocks: dict[int, str] = {}  # down-path index -> "res" | "down2d" | "down3d"
     for key in state_dict:
         if key.startswith(down):
             idx, rest = key[len(down) :].split(".", 1)
             if rest.startswith(("norm.", "to_qkv.", "proj.")):
-                raise ValueError(f"attention in the down path ({key}) is not supported")
+                raise InputError(f"attention in the down path ({key}) is not supported")
             if rest == conv2:
                 blocks[int(idx)] = "res"
             elif rest.startswith("time_conv."):
@@ -173,7 +174,7 @@ def infer_vae_config(state_dict: Mapping[str, object]) -> dict:
     temporal = [blocks[i] == "down3d" for i in sorted(blocks) if blocks[i] != "res"]
     levels = len(temporal) + 1
     if not out_dims or len(out_dims) % levels:
-        raise ValueError(f"cannot infer the VAE config: {len(out_dims)} residual blocks over {levels} levels")
+        raise InputError(f"cannot infer the VAE config: {len(out_dims)} residual blocks over {levels} levels")
     res = len(out_dims) // levels
     base_dim, input_channels = _shape(state_dict[conv_in])[:2]
     return {
@@ -244,7 +245,7 @@ def load_vae(
         raise ModelFileError(f"{path} ({fmt}): two file keys map to one model key")
     check_layout(renamed, model_shapes, path, fmt, to_file)
     # One tensor at a time: a bf16 file cast to fp32 frees each bf16 tensor right after its copy.
-    state = load_tensors(weights, {k: to_model(k) for k in shapes}, dtype, device)
+    state = load_tensors(weights, {k: to_model(k) for k in shapes}, dtype, device, weights=True)
     model.load_state_dict(state, strict=True, assign=True)
     _check_materialised(model, path)
     return model.eval().requires_grad_(False)
@@ -262,7 +263,7 @@ def _check_materialised(model: torch.nn.Module, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------
 def _stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if z.shape[1] != len(LATENT_MEAN):
-        raise ValueError(f"latents need {len(LATENT_MEAN)} channels in dim 1, got shape {list(z.shape)}")
+        raise InputError(f"latents need {len(LATENT_MEAN)} channels in dim 1, got shape {list(z.shape)}")
     view = (1, -1) + (1,) * (z.ndim - 2)  # broadcast over (H, W) or (T, H, W)
     mean = torch.tensor(LATENT_MEAN, dtype=z.dtype, device=z.device).view(view)
     std = torch.tensor(LATENT_STD, dtype=z.dtype, device=z.device).view(view)
@@ -293,12 +294,12 @@ def encode(vae: AutoencoderKLQwenImage, pixels: torch.Tensor) -> torch.Tensor:
     encoding reference images; sampling would add noise of std exp(logvar/2) that no caller here wants.
     """
     if pixels.ndim != 4 or pixels.shape[1] != 3:
-        raise ValueError(f"pixels must be (B, 3, H, W), got {list(pixels.shape)}")
+        raise InputError(f"pixels must be (B, 3, H, W), got {list(pixels.shape)}")
     factor = vae.spatial_compression_ratio
     if pixels.shape[-2] % factor or pixels.shape[-1] % factor:
-        raise ValueError(f"H and W must be multiples of {factor}, got {list(pixels.shape[-2:])}")
+        raise InputError(f"H and W must be multiples of {factor}, got {list(pixels.shape[-2:])}")
     if pixels.numel() and (pixels.min() < -1.001 or pixels.max() > 1.001):
-        raise ValueError(f"pixels must lie in [-1, 1], got [{pixels.min():.3g}, {pixels.max():.3g}]")
+        raise InputError(f"pixels must lie in [-1, 1], got [{pixels.min():.3g}, {pixels.max():.3g}]")
     device, dtype = _vae_dtype(vae)
     video = pixels.to(device=device, dtype=dtype).unsqueeze(2)  # (B, 3, 1, H, W): an image is a T=1 video
     z = vae.encode(video).latent_dist.mode()  # (B, 16, 1, H/8, W/8)
@@ -308,7 +309,7 @@ def encode(vae: AutoencoderKLQwenImage, pixels: torch.Tensor) -> torch.Tensor:
 def decode(vae: AutoencoderKLQwenImage, latents: torch.Tensor) -> torch.Tensor:
     """(B, 16, h, w) normalised latents -> (B, 3, 8h, 8w) float32 pixels in [-1, 1] (the VAE clamps)."""
     if latents.ndim != 4:
-        raise ValueError(f"latents must be (B, 16, h, w), got {list(latents.shape)}")
+        raise InputError(f"latents must be (B, 16, h, w), got {list(latents.shape)}")
     device, dtype = _vae_dtype(vae)
     z = denormalise(latents.float()).to(device=device, dtype=dtype).unsqueeze(2)  # (B, 16, 1, h, w)
     video = vae.decode(z).sample  # (B, 3, 1, 8h, 8w)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anima_probe.errors import InputError
 from anima_probe.pipeline.atomic import atomic_write_json
 from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.pipeline.runs import ResultRecord, read_run
@@ -59,27 +60,27 @@ def baseline_path(tier: str, experiment: str, root: str | Path = REPO_ROOT) -> P
 
 def _check_entry(key: str, entry: Any, where: str) -> None:
     if not isinstance(entry, dict):
-        raise ValueError(f"{where}: metric {key!r} must be an object with {list(_ENTRY_KEYS)}")
+        raise InputError(f"{where}: metric {key!r} must be an object with {list(_ENTRY_KEYS)}")
     missing = [k for k in _ENTRY_KEYS if k not in entry]
     if missing:
-        raise ValueError(f"{where}: metric {key!r} lacks {missing}")
+        raise InputError(f"{where}: metric {key!r} lacks {missing}")
     for name in ("value", "abs_tol", "rel_tol"):
         value = entry[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{where}: metric {key!r} {name} must be a finite number, got {value!r}")
+            raise InputError(f"{where}: metric {key!r} {name} must be a finite number, got {value!r}")
     if entry["abs_tol"] < 0 or entry["rel_tol"] < 0:
-        raise ValueError(f"{where}: metric {key!r} has a negative tolerance")
+        raise InputError(f"{where}: metric {key!r} has a negative tolerance")
     if not isinstance(entry["higher_is_better"], bool):
-        raise ValueError(f"{where}: metric {key!r} higher_is_better must be true or false")
+        raise InputError(f"{where}: metric {key!r} higher_is_better must be true or false")
 
 
 def validate_baseline(baseline: Any, where: str = "baseline") -> dict[str, Any]:
     """Schema check; errors name the file (`where`) and the metric key."""
     if not isinstance(baseline, dict):
-        raise ValueError(f"{where}: must be a JSON object")
+        raise InputError(f"{where}: must be a JSON object")
     missing = [k for k in ("experiment", "version", "metrics") if k not in baseline]
     if missing or not isinstance(baseline.get("metrics"), dict):
-        raise ValueError(f"{where}: needs 'experiment', 'version' and a 'metrics' object (missing {missing})")
+        raise InputError(f"{where}: needs 'experiment', 'version' and a 'metrics' object (missing {missing})")
     for key, entry in baseline["metrics"].items():
         _check_entry(key, entry, where)
     return baseline
@@ -90,7 +91,7 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     return validate_baseline(data, str(path))
 
 
@@ -131,7 +132,7 @@ def compare(
     """
     validate_baseline(baseline)
     if record_experiment is not None and record_experiment != baseline["experiment"]:
-        raise ValueError(f"run is {record_experiment!r} but the baseline is for {baseline['experiment']!r}")
+        raise InputError(f"run is {record_experiment!r} but the baseline is for {baseline['experiment']!r}")
     if str(record_version) != str(baseline["version"]):
         detail = f"baseline version {baseline['version']}, run version {record_version}"
         return [Check("version", None, None, None, "version-mismatch", detail)]
@@ -190,10 +191,10 @@ def update_baseline(
     metrics = base.pop("metrics")
     for key, value in record_metrics.items():
         if not math.isfinite(float(value)):
-            raise ValueError(f"metric {key!r} is not finite ({value}); refusing to make it a baseline")
+            raise InputError(f"metric {key!r} is not finite ({value}); refusing to make it a baseline")
         if key not in metrics:
             if higher_is_better is None or key not in higher_is_better:
-                raise ValueError(f"new metric {key!r} needs a higher_is_better entry")
+                raise InputError(f"new metric {key!r} needs a higher_is_better entry")
             metrics[key] = {
                 "abs_tol": DEFAULT_ABS_TOL,
                 "rel_tol": DEFAULT_REL_TOL,

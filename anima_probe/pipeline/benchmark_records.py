@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anima_probe.errors import InputError
 from anima_probe.pipeline.atomic import atomic_write_json
 from anima_probe.pipeline.provenance import REPO_ROOT, git_hash, utc_now
 from anima_probe.pipeline.rundirs import check_name
@@ -38,10 +39,10 @@ class Table:
 
     def __post_init__(self) -> None:
         if len(self.formats) != len(self.columns):
-            raise ValueError(f"table {self.title!r}: {len(self.formats)} formats for {len(self.columns)} columns")
+            raise InputError(f"table {self.title!r}: {len(self.formats)} formats for {len(self.columns)} columns")
         for i, row in enumerate(self.rows):
             if len(row) != len(self.columns):
-                raise ValueError(f"table {self.title!r}: row {i} has {len(row)} cells, expected {len(self.columns)}")
+                raise InputError(f"table {self.title!r}: row {i} has {len(row)} cells, expected {len(self.columns)}")
 
     def markdown(self) -> str:
         def cell(value, fmt: str) -> str:
@@ -67,7 +68,7 @@ class Ratio:
 
     def __post_init__(self) -> None:
         if self.better not in BETTER:
-            raise ValueError(f"ratio {self.label!r}: better must be one of {BETTER}, got {self.better!r}")
+            raise InputError(f"ratio {self.label!r}: better must be one of {BETTER}, got {self.better!r}")
 
     @property
     def met(self) -> bool | None:
@@ -110,7 +111,7 @@ class BenchmarkRecord:
         unknown, missing = sorted(set(data) - known), sorted(k for k in ("name", "title", "command", "machine",
                                                                             "tables", "ratios") if k not in data)
         if unknown or missing:
-            raise ValueError(f"unknown keys {unknown}, missing keys {missing}")
+            raise InputError(f"unknown keys {unknown}, missing keys {missing}")
         return cls(**{**data, "tables": [Table(**t) for t in data["tables"]],
                       "ratios": [Ratio(**r) for r in data["ratios"]]})
 
@@ -155,7 +156,7 @@ def read_record(path: str | Path) -> BenchmarkRecord:
     try:
         return BenchmarkRecord.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a benchmark record: {err}") from None
+        raise InputError(f"{path}: not a benchmark record: {err}") from None
 
 
 def read_records(root: str | Path = RECORDS_DIR) -> list[BenchmarkRecord]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from anima_probe.errors import InputError
 from anima_probe.model.files import ModelFileError, load_tensors, save_tensors
 from anima_probe.pipeline.atomic import atomic_write_json, atomic_write_text
 from anima_probe.pipeline.provenance import sha256_file
@@ -88,7 +89,7 @@ class EmbeddingCache:
     def __init__(self, root: str | Path, anima, empty_prompt: str = "comfyui", batch_size: int = 16):
         missing = [r for r in TEXT_ROLES if r not in anima.files]
         if missing:
-            raise ValueError(f"the model has no file for {missing}; the cache key needs every text-side file")
+            raise InputError(f"the model has no file for {missing}; the cache key needs every text-side file")
         self.anima, self.empty_prompt, self.batch_size = anima, empty_prompt, batch_size
         material = {"version": CACHE_VERSION, "dtype": str(anima.dtype), "empty_prompt": empty_prompt,
                     "strategies": sorted(STRATEGIES), "files": {r: fingerprint(anima.files[r]) for r in TEXT_ROLES},

@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import inspect
 import random
+import re
 import sys
 import types
 import typing
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from anima_probe.errors import InputError, UnknownNameError, UsageError
 from anima_probe.pipeline.freshness import source_fingerprint, staleness, write_stamp
 from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.pipeline.rundirs import resolve_latest
@@ -88,6 +90,24 @@ class Experiment:
     config: type  # a frozen dataclass whose fields all have defaults
     fn: Callable[[Context, Any], Result]
     needs_dit: bool = True  # False: text-only, the DiT blocks are never run
+    needs_images: bool = False  # True: decodes or scores RGB images, so a latent-space model is loaded with its VAE
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """What `load_for` loads for it: the text encoder always, the DiT, the VAE (where the model has one)."""
+        return ("text_encoder", *(("dit",) if self.needs_dit else ()), *(("vae",) if self.needs_images else ()))
+
+
+def load_for(experiments: list[Experiment], model: str | Path | None = None, **kwargs):
+    """The one loader of the runs: the model with what `experiments` declare they need (the VAE only when one of
+    them makes images, and then a latent DiT without a VAE is an error naming them, before any of them runs)."""
+    from anima_probe.model.anima import load_anima, require_images
+
+    imaging = [e.name for e in experiments if e.needs_images]
+    anima = load_anima(model, with_vae=bool(imaging), **kwargs)
+    if imaging:
+        require_images(anima, f"{', '.join(imaging)} make(s) RGB images")
+    return anima
 
 
 def discover(folder: str | Path = EXPERIMENTS_DIR) -> dict[str, Experiment]:
@@ -103,7 +123,7 @@ def discover(folder: str | Path = EXPERIMENTS_DIR) -> dict[str, Experiment]:
         if exp is None:
             continue
         if exp.name in found:
-            raise ValueError(f"{path}: experiment name {exp.name!r} is already defined by another file")
+            raise InputError(f"{path}: experiment name {exp.name!r} is already defined by another file")
         found[exp.name] = exp
     return found
 
@@ -113,7 +133,7 @@ def get(name: str, registry: dict[str, Experiment] | None = None) -> Experiment:
     if name not in registry:
         close = difflib.get_close_matches(name, registry, n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(f"unknown experiment {name!r}{hint} Known: {sorted(registry)}")
+        raise UnknownNameError(f"unknown experiment {name!r}{hint} Known: {sorted(registry)}")
     return registry[name]
 
 
@@ -133,11 +153,11 @@ def _parse(text: str, kind: Any, key: str) -> Any:
             return True
         if text.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"override {key}={text!r}: expected true or false")
+        raise UsageError(f"override {key}={text!r}: expected true or false")
     try:
         return kind(text)
     except (TypeError, ValueError):
-        raise ValueError(f"override {key}={text!r}: expected {getattr(kind, '__name__', kind)}") from None
+        raise UsageError(f"override {key}={text!r}: expected {getattr(kind, '__name__', kind)}") from None
 
 
 def apply_overrides(config: Any, overrides: list[str] | dict[str, Any]) -> Any:
@@ -149,15 +169,26 @@ def apply_overrides(config: Any, overrides: list[str] | dict[str, Any]) -> Any:
         if key not in hints:
             close = difflib.get_close_matches(key, hints, n=2)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise KeyError(f"unknown config key {key!r} for {type(config).__name__}{hint} Keys: {sorted(hints)}")
+            raise UnknownNameError(f"unknown config key {key!r} for {type(config).__name__}{hint} Keys: {sorted(hints)}")
         changes[key] = _parse(value, hints[key], key) if isinstance(value, str) else value
-    return dataclasses.replace(config, **changes)
+        if key.endswith("_regex"):  # the convention for a regex field: compiled here, before any work
+            try:
+                re.compile(changes[key])
+            except re.error as err:
+                raise UsageError(f"override {key}={changes[key]!r}: not a regular expression ({err})") from None
+    try:
+        return dataclasses.replace(config, **changes)
+    except ValueError as err:  # the config's own validation (__post_init__): the user's values
+        if isinstance(err, UsageError):
+            raise
+        given = " ".join(f"{k}={v}" for k, v in pairs)
+        raise UsageError(f"{type(config).__name__} {given}: {err}") from None
 
 
 def _split(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise ValueError(f"override {item!r} is not key=value")
+        raise UsageError(f"override {item!r} is not key=value")
     return key.strip(), value.strip()
 
 
@@ -179,14 +210,13 @@ def run(name: str, overrides: list[str] | dict | None = None, *, anima=None, mod
         device: str = "cpu", dtype: torch.dtype = torch.float32, progress: bool = True,
         registry: dict[str, Experiment] | None = None, source_root: str | Path = REPO_ROOT) -> Path:
     """Run one experiment and write its numbered run folder (stamped with its source, see freshness); returns it."""
-    from anima_probe.model.anima import load_anima
     from anima_probe.pipeline.cache import default_cache_dir
 
     exp = get(name, registry)
     source = source_fingerprint(exp, source_root)  # taken before the run: a file edited while it runs is not its source
     config = apply_overrides(exp.config(), overrides or [])
     if anima is None:
-        anima = load_anima(model, device=device, dtype=dtype, with_vae=False, **(files or {}))
+        anima = load_for([exp], model, device=device, dtype=dtype, **(files or {}))
     seed_everything(getattr(config, "seed", 0))
     ctx = Context(anima, Path(cache_dir) if cache_dir else default_cache_dir(), progress)
     result = exp.fn(ctx, config)

@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from anima_probe.errors import InputError
 from anima_probe.pipeline.atomic import atomic_write_json
 from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.pipeline.rundirs import resolve_latest
@@ -38,7 +39,7 @@ def experiment_file(exp) -> Path:
     """The file that defines `exp` (its fn's module), so the fingerprint follows the experiment wherever it lives."""
     path = inspect.getsourcefile(exp.fn)
     if path is None:
-        raise ValueError(f"experiment {exp.name!r}: cannot find the file that defines {exp.fn!r}")
+        raise InputError(f"experiment {exp.name!r}: cannot find the file that defines {exp.fn!r}")
     return Path(path).resolve()
 
 

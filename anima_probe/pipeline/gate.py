@@ -19,6 +19,7 @@ import math
 import os
 from pathlib import Path
 
+from anima_probe.errors import InputError, MissingFileError, UsageError
 from anima_probe.pipeline.baselines import (
     Check,
     baseline_path,
@@ -92,7 +93,7 @@ def accept_runs(tier: str, results: str | Path, names: list[str], root: str | Pa
     for name in names:
         run_dir = resolve_latest(results, name)
         if run_dir is None:
-            raise FileNotFoundError(f"{name}: no run under {results} to accept")
+            raise MissingFileError(f"{name}: no run under {results} to accept")
         record, path = read_run(run_dir), baseline_path(tier, name, root)
         base = load_baseline(path) if path.exists() else {"experiment": name, "version": record.version, "metrics": {}}
         new = update_baseline(base, record.metrics, record.version, record.higher_is_better)
@@ -114,7 +115,7 @@ def tolerance_entries(reference: ResultRecord, samples: list[dict[str, float]], 
     for key, value in reference.metrics.items():
         lacking = [s for s, m in zip(seeds, samples) if key not in m]
         if lacking:
-            raise ValueError(f"{reference.experiment}: metric {key!r} is missing from the runs with seeds {lacking}")
+            raise InputError(f"{reference.experiment}: metric {key!r} is missing from the runs with seeds {lacking}")
         sd = _sample_sd([m[key] for m in samples])
         spread = (f"{k:g} sd over seeds {seeds[0]}..{seeds[-1]} (sd {sd:.3g})" if len(seeds) > 1
                   else "no seed field: floor only")
@@ -184,8 +185,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--update", action="store_true", help="accept the latest runs as the new values")
     p.add_argument("--measure", action="store_true", help="(re)measure tolerances over seeds and write baselines")
     p.add_argument("--seeds", type=int, default=5, help="runs per experiment for --measure (default seed first)")
-    p.add_argument("--model", default=None, help="model folder for --measure (tier anima: the real weights)")
-    p.add_argument("--device", default="cpu")
 
 
 def cli(args: argparse.Namespace, root: str | Path = REPO_ROOT, registry: dict | None = None) -> int:
@@ -196,11 +195,12 @@ def cli(args: argparse.Namespace, root: str | Path = REPO_ROOT, registry: dict |
     results = Path(args.results) if args.results else tier_results(args.tier)
     names = args.experiments or tier_names(args.tier, root, registry)
     if args.measure:
-        from anima_probe.model.anima import load_anima
+        from anima_probe.model.options import model_kwargs
+        from anima_probe.pipeline.experiment import load_for
 
         if args.tier != "toy" and args.model is None:
-            raise SystemExit(f"--tier {args.tier} --measure needs --model DIR (the weights the tier is for)")
-        anima = load_anima(args.model, device=args.device, with_vae=False)
+            raise UsageError(f"--tier {args.tier} --measure needs --model DIR (the weights the tier is for)")
+        anima = load_for([registry[n] for n in names if n in registry], **model_kwargs(args))
         for name in names:
             print(f"wrote {measure_tolerances(name, args.tier, results, anima=anima, registry=registry, root=root)}")
         return 0

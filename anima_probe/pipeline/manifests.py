@@ -16,10 +16,11 @@ import json
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anima_probe.errors import InputError, MissingFileError
 from anima_probe.pipeline.atomic import atomic_write_text
 from anima_probe.pipeline.provenance import REPO_ROOT
 
@@ -39,6 +40,7 @@ class CaptionRow:
     artist: str
     image: str | None = None
     tags: tuple[str, ...] = ()
+    line: int = field(default=0, compare=False)  # where it was read from (file line), so errors can name it
 
 
 def split_tags(text: str) -> tuple[str, ...]:
@@ -53,7 +55,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
 
 
 def _read_content_types(path: Path) -> list[dict[str, str]]:
@@ -61,11 +63,11 @@ def _read_content_types(path: Path) -> list[dict[str, str]]:
         reader = csv.DictReader(fh)
         missing = [c for c in ("name", "label", "prompt") if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}:1: missing column(s) {missing}")
+            raise InputError(f"{path}:1: missing column(s) {missing}")
         rows = [{k: row[k].strip() for k in ("name", "label", "prompt")} for row in reader]
     for line, row in enumerate(rows, start=2):
         if not all(row.values()):
-            raise ValueError(f"{path}:{line}: empty field in {row}")
+            raise InputError(f"{path}:{line}: empty field in {row}")
     return rows
 
 
@@ -78,15 +80,15 @@ def load_prompt_sets(path: str | Path | None = None) -> dict[str, Any]:
     """
     folder = Path(path) if path is not None else MANIFEST_DIR
     if not folder.is_dir():
-        raise FileNotFoundError(f"manifest folder {folder} not found; pass path= to load_prompt_sets")
+        raise MissingFileError(f"manifest folder {folder} not found; pass path= to load_prompt_sets")
     guidance = _read_json(folder / "guidance_prompts.json")
     for key in ("positive", "negative"):
         if not isinstance(guidance.get(key), str) or not guidance[key].strip():
-            raise ValueError(f"{folder / 'guidance_prompts.json'}: '{key}' must be a non-empty string")
+            raise InputError(f"{folder / 'guidance_prompts.json'}: '{key}' must be a non-empty string")
     tag_sets = _read_json(folder / "tag_sets.json")
     for key in ("quality", "resolution", "neutral"):
         if key not in tag_sets:
-            raise ValueError(f"{folder / 'tag_sets.json'}: missing key '{key}'")
+            raise InputError(f"{folder / 'tag_sets.json'}: missing key '{key}'")
     return {"guidance": guidance, "content_types": _read_content_types(folder / "content_types.csv"),
             "tag_sets": tag_sets}  # fmt: skip
 
@@ -96,7 +98,7 @@ def random_tag_pairs(pool: list[str], n: int, seed: int = 0) -> list[tuple[str, 
     unique = sorted(set(pool))
     available = len(unique) * (len(unique) - 1)
     if n > available:
-        raise ValueError(f"asked for {n} tag pairs but the pool of {len(unique)} tags gives only {available}")
+        raise InputError(f"asked for {n} tag pairs but the pool of {len(unique)} tags gives only {available}")
     rng = random.Random(seed)
     chosen = rng.sample(range(available), n)
     pairs = []
@@ -109,51 +111,66 @@ def random_tag_pairs(pool: list[str], n: int, seed: int = 0) -> list[tuple[str, 
 # ---------------------------------------------------------------- caption sets: reading
 
 
+def read_utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are one error naming the file, line and byte offset (a BOM, as
+    Excel writes it, is dropped)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text (byte offset {err.start}: "
+                         f"{data[err.start : err.start + 4]!r}); save the file as UTF-8") from None
+
+
 def _raw_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row dict) pairs from a CSV (header on line 1) or JSONL file."""
+    if path.suffix not in (".csv", ".jsonl"):
+        raise InputError(f"{path}: caption sets must be .csv or .jsonl, got {path.suffix!r}")
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such caption set")
+    text = read_utf8(path)
     if path.suffix == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as fh:  # -sig: Excel writes a BOM
+        with io.StringIO(text, newline="") as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise ValueError(f"{path}:1: missing column(s) {missing}")
+                raise InputError(f"{path}:1: missing column(s) {missing}")
             rows = []
             for row in reader:
                 if None in row:  # DictReader files surplus cells under the key None
-                    raise ValueError(f"{path}:{reader.line_num}: more cells than header columns")
+                    raise InputError(f"{path}:{reader.line_num}: more cells than header columns")
                 rows.append((reader.line_num, row))
             return rows
-    if path.suffix == ".jsonl":
-        rows = []
-        for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line}: each line must be a JSON object")
-            rows.append((line, row))
-        return rows
-    raise ValueError(f"{path}: caption sets must be .csv or .jsonl, got {path.suffix!r}")
+    rows = []
+    for line, item in enumerate(text.splitlines(), start=1):
+        if not item.strip():
+            continue
+        try:
+            row = json.loads(item)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{line}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{line}: each line must be a JSON object")
+        rows.append((line, row))
+    return rows
 
 
-def _parse_row(row: dict[str, Any], where: str) -> CaptionRow:
+def _parse_row(row: dict[str, Any], where: str, line: int) -> CaptionRow:
     values = {}
     for column in REQUIRED_COLUMNS:
         if column not in row or row[column] is None:
-            raise ValueError(f"{where}: missing column '{column}'")
+            raise InputError(f"{where}: missing column '{column}'")
         values[column] = str(row[column]).strip()
         if not values[column]:
-            raise ValueError(f"{where}: empty {column}")
+            raise InputError(f"{where}: empty {column}")
     image = str(row.get("image") or "").strip() or None
     tags = row.get("tags") or ()
     if isinstance(tags, str):
         tags = split_tags(tags)
     elif not isinstance(tags, (list, tuple)) or not all(isinstance(t, str) for t in tags):
-        raise ValueError(f"{where}: tags must be a comma-separated string or a list of strings")
-    return CaptionRow(**values, image=image, tags=tuple(tags))
+        raise InputError(f"{where}: tags must be a comma-separated string or a list of strings")
+    return CaptionRow(**values, image=image, tags=tuple(tags), line=line)
 
 
 def read_caption_set(path: str | Path) -> list[CaptionRow]:
@@ -162,13 +179,13 @@ def read_caption_set(path: str | Path) -> list[CaptionRow]:
     path = Path(path)
     rows, first_line = [], {}
     for line, raw in _raw_rows(path):
-        row = _parse_row(raw, f"{path}:{line}")
+        row = _parse_row(raw, f"{path}:{line}", line)
         if row.id in first_line:
-            raise ValueError(f"{path}:{line}: duplicate id {row.id!r} (first on line {first_line[row.id]})")
+            raise InputError(f"{path}:{line}: duplicate id {row.id!r} (first on line {first_line[row.id]})")
         first_line[row.id] = line
         rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no rows")
+        raise InputError(f"{path}: no rows")
     return rows
 
 
@@ -180,7 +197,7 @@ def write_caption_set(rows: list[CaptionRow], path: str | Path) -> Path:
                              "tags": list(r.tags)}, ensure_ascii=False) for r in rows]  # fmt: skip
         return atomic_write_text(path, "\n".join(lines) + "\n")
     if path.suffix != ".csv":
-        raise ValueError(f"{path}: caption sets must be .csv or .jsonl, got {path.suffix!r}")
+        raise InputError(f"{path}: caption sets must be .csv or .jsonl, got {path.suffix!r}")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
@@ -215,24 +232,24 @@ def _artist_for(rel: Path, caption: str, artist_from: str, pattern: re.Pattern) 
     """The artist label of one image, or ValueError with the reason (the caller adds the file name)."""
     if artist_from == "subfolder":
         if len(rel.parts) < 2:
-            raise ValueError("image is not inside an artist sub-folder")
+            raise InputError("image is not inside an artist sub-folder")
         match = _REPEATS.match(rel.parts[0])
         return match.group(1) if match else rel.parts[0]
     found = sorted({m.rstrip(",;") for m in pattern.findall(caption)} - {""})
     if not found:
-        raise ValueError(f"no artist tag matching {pattern.pattern!r} in the caption")
+        raise InputError(f"no artist tag matching {pattern.pattern!r} in the caption")
     if len(found) > 1:
-        raise ValueError(f"several artist tags {found}; one label per image is needed")
+        raise InputError(f"several artist tags {found}; one label per image is needed")
     return found[0]
 
 
 def _row_for(image: Path, folder: Path, artist_from: str, pattern: re.Pattern, image_base: Path | None):
     caption_file = image.with_suffix(".txt")
     if not caption_file.is_file():
-        raise ValueError(f"no caption file {caption_file.name}")
+        raise InputError(f"no caption file {caption_file.name}")
     caption = " ".join(caption_file.read_text(encoding="utf-8").split())  # one line; CSV rows stay 1 line
     if not caption:
-        raise ValueError(f"empty caption in {caption_file.name}")
+        raise InputError(f"empty caption in {caption_file.name}")
     rel = image.relative_to(folder)
     artist = _artist_for(rel, caption, artist_from, pattern)
     where = str(image.resolve()) if image_base is None else _relpath(image, image_base)
@@ -270,20 +287,20 @@ def build_caption_set(
     image paths are stored relative to the manifest's folder; without it they are absolute.
     """
     if artist_from not in ("subfolder", "tag"):
-        raise ValueError(f"artist_from must be 'subfolder' or 'tag', got {artist_from!r}")
+        raise InputError(f"artist_from must be 'subfolder' or 'tag', got {artist_from!r}")
     folder, pattern = Path(folder), re.compile(tag_pattern)
     if pattern.groups < 1:
-        raise ValueError(f"tag_pattern {tag_pattern!r} needs a capture group for the artist name")
+        raise InputError(f"tag_pattern {tag_pattern!r} needs a capture group for the artist name")
     images = _find_images(folder)
     if not images:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     base = Path(out).parent if out is not None else None
     rows, bad, seen = [], [], set()
     for image in images:
         try:
             row = _row_for(image, folder, artist_from, pattern, base)
             if row.id in seen:
-                raise ValueError(f"another image has the same name; id {row.id!r} would repeat")
+                raise InputError(f"another image has the same name; id {row.id!r} would repeat")
         except ValueError as err:
             bad.append((str(image), str(err)))
             continue
@@ -291,9 +308,9 @@ def build_caption_set(
         rows.append(row)
     if bad and not skip_bad:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in bad[:20])
-        raise ValueError(f"{len(bad)} bad image(s) in {folder} (skip_bad=True skips them):\n{listing}")
+        raise InputError(f"{len(bad)} bad image(s) in {folder} (skip_bad=True skips them):\n{listing}")
     if not rows:
-        raise ValueError(f"{folder}: every image was skipped; nothing to write")
+        raise InputError(f"{folder}: every image was skipped; nothing to write")
     if out is not None:
         write_caption_set(rows, out)
     return BuildReport(tuple(rows), Path(out) if out is not None else None, tuple(bad))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from anima_probe.errors import UnknownNameError, UsageError
 from anima_probe.pipeline.notebooks import execute
 from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.pipeline.report_file import DEFAULT_COMMAND, REPORTS_DIR
@@ -28,15 +29,14 @@ def refresh(model: str | Path | None = None, *, results: str | Path = "results",
     The model is loaded only when `anima` is not given, from `model` (default: the toy world)."""
     import torch
 
-    from anima_probe.model.anima import load_anima
-    from anima_probe.pipeline.experiment import discover, ensure_fresh
+    from anima_probe.pipeline.experiment import discover, ensure_fresh, load_for
 
     registry = discover() if registry is None else registry
     names = sorted(registry) if names is None else names
     if not names:
         return {}
     if anima is None:
-        anima = load_anima(model, device=device, dtype=dtype or torch.float32, with_vae=False)
+        anima = load_for([registry[n] for n in names], model, device=device, dtype=dtype or torch.float32)
     return ensure_fresh(names, registry, anima, results, force=force, progress=progress, log=log)
 
 
@@ -53,7 +53,7 @@ def generate(model: str | Path | None = None, *, results: str | Path = "results"
     if only:
         unknown = sorted(set(only) - {nb.stem for nb in notebooks})
         if unknown:
-            raise KeyError(f"no notebooks {unknown} in {notebooks_dir}; have {[nb.stem for nb in notebooks]}")
+            raise UnknownNameError(f"no notebooks {unknown} in {notebooks_dir}; have {[nb.stem for nb in notebooks]}")
         notebooks = [nb for nb in notebooks if nb.stem in only]
     lacking = sorted(set(registry) - {nb.stem for nb in Path(notebooks_dir).glob("*.ipynb")})
     if lacking:
@@ -74,15 +74,20 @@ def generate(model: str | Path | None = None, *, results: str | Path = "results"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tier", default="toy", choices=["toy", "anima"],
                    help="toy: the bundled toy world into reports/; anima: --model DIR into reports/anima/")
-    p.add_argument("--model", default=None, help="model folder (tier anima: the real weights)")
     p.add_argument("--results", default=None, help="run folders (default: results/, or results/anima/)")
     p.add_argument("--reports", default=None, help="where reports go (default: reports/, or reports/anima/)")
     p.add_argument("--only", nargs="+", default=None, help="notebook names (default: all of notebooks/)")
     p.add_argument("--force", action="store_true", help="rerun the experiments even when fresh")
     p.add_argument("--check", action="store_true",
                    help="write nothing: compare the committed reports' metrics with fresh runs (within tolerance)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _load(args: argparse.Namespace):
+    """The model named by the shared model options (device checked first), with what the experiments need."""
+    from anima_probe.model.options import model_kwargs
+    from anima_probe.pipeline.experiment import discover, load_for
+
+    return load_for(list(discover().values()), **model_kwargs(args))
 
 
 def cli(args: argparse.Namespace) -> int:
@@ -91,15 +96,16 @@ def cli(args: argparse.Namespace) -> int:
     from anima_probe.pipeline.gate import tier_results
 
     if args.tier != "toy" and args.model is None:
-        raise SystemExit(f"--tier {args.tier} needs --model DIR (the weights its reports are for)")
+        raise UsageError(f"--tier {args.tier} needs --model DIR (the weights its reports are for)")
     results = Path(args.results) if args.results else tier_results(args.tier)
     reports_dir = Path(args.reports) if args.reports else REPORTS_DIR / ("" if args.tier == "toy" else args.tier)
+    anima = _load(args)
     if not args.check:
-        generate(args.model, results=results, reports_dir=reports_dir, only=args.only, force=args.force,
-                 device=args.device, progress=not args.quiet)
+        generate(results=results, reports_dir=reports_dir, only=args.only, force=args.force, anima=anima,
+                 progress=not args.quiet)
         print(f"reports written to {reports_dir} (index: {reports_dir / 'README.md'})")
         return 0
-    refresh(args.model, results=results, force=args.force, device=args.device, progress=not args.quiet)
+    refresh(results=results, force=args.force, anima=anima, progress=not args.quiet)
     failed = []
     for name, checks in check_committed(reports_dir, results, args.tier).items():
         print(f"== {reports_dir / name} vs the latest run")

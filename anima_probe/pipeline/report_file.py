@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from anima_probe.errors import InputError, MissingFileError, UnknownNameError
 from anima_probe.pipeline.atomic import atomic_write_bytes, atomic_write_text
 from anima_probe.pipeline.figures import save_figure
 from anima_probe.pipeline.provenance import REPO_ROOT
@@ -30,7 +31,7 @@ def find_run(run_dir: str | Path | None, experiment: str, results: str | Path = 
         return Path(run_dir)
     latest = resolve_latest(results, experiment)
     if latest is None:
-        raise FileNotFoundError(f"no run of {experiment} under {results}: run `anima-probe run {experiment}` "
+        raise MissingFileError(f"no run of {experiment} under {results}: run `anima-probe run {experiment}` "
                                 "or `anima-probe report`")
     return latest
 
@@ -40,7 +41,7 @@ def metrics_table(record: ResultRecord, keys: list[str] | None = None, digits: i
     keys = list(record.metrics) if keys is None else keys
     unknown = [k for k in keys if k not in record.metrics]
     if unknown:
-        raise KeyError(f"{record.experiment}: no metrics {unknown}; the run has {sorted(record.metrics)}")
+        raise UnknownNameError(f"{record.experiment}: no metrics {unknown}; the run has {sorted(record.metrics)}")
     rows = [f"| `{k}` | {record.metrics[k]:.{digits}f} | {'higher' if record.higher_is_better[k] else 'lower'} |"
             for k in keys]
     return "\n".join(["| metric | value | better |", "|---|---|---|", *rows])
@@ -60,7 +61,7 @@ def read_meta(path: str | Path) -> dict[str, Any] | None:
     try:
         return json.loads(match.group(1))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: damaged anima-probe:report comment ({err.msg}); regenerate the report") from None
+        raise InputError(f"{path}: damaged anima-probe:report comment ({err.msg}); regenerate the report") from None
 
 
 def _header(record: ResultRecord, notebook: str, run_dir: Path, command: str) -> str:

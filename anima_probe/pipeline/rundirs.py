@@ -7,11 +7,16 @@ that experiment and never moves backwards. What a run folder holds is `anima_pro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+from anima_probe.errors import InputError
 from anima_probe.pipeline.atomic import atomic_write_text
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -22,7 +27,7 @@ _LOCK_STALE_S = 60.0  # the lock guards a scan + mkdir (milliseconds); older tha
 def check_name(name: str, what: str) -> str:
     """`name` if it is safe as one path component (run, experiment, file name), else a ValueError naming it."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"{what} {name!r} must be letters, digits, '.', '_' or '-' (no slashes or spaces)")
+        raise InputError(f"{what} {name!r} must be letters, digits, '.', '_' or '-' (no slashes or spaces)")
     return name
 
 
@@ -45,30 +50,43 @@ def _acquire_lock(lock: Path, timeout_s: float) -> None:
     raise TimeoutError(f"could not lock {lock} within {timeout_s} s; remove it if no run is starting")
 
 
-def new_run_dir(root: str | Path = "results", name: str = "run", timeout_s: float = 30.0) -> Path:
-    """Create and return ``root/NNN-name/`` with NNN one past the highest number already in `root`.
+class StagedRun:
+    """A run folder being filled: write into `path`; `run_dir` is where it landed once the block ended cleanly."""
 
-    Numbers are unique across experiment names even when processes race: the scan + mkdir happen under a
-    lock directory (``root/.new-run.lock``) taken with mkdir exclusivity and retried until free.
-    """
+    def __init__(self, path: Path):
+        self.path = path
+        self.run_dir: Path | None = None
+
+
+@contextlib.contextmanager
+def staged_run_dir(root: str | Path = "results", name: str = "run", timeout_s: float = 30.0) -> Iterator[StagedRun]:
+    """Fill a hidden staging folder in `root`; on a clean exit it is renamed to ``root/NNN-name/`` (the number
+    taken under a lock directory, ``root/.new-run.lock``, so racing processes get unique numbers), on an exception or Ctrl-C removed. So a run folder appears only
+    complete, and a run that fails half-way leaves nothing for later tools to find."""
     check_name(name, "run name")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    lock = root / ".new-run.lock"
-    _acquire_lock(lock, timeout_s)
+    staged = StagedRun(root / f".staging-{name}-{uuid.uuid4().hex[:12]}")
+    staged.path.mkdir()
     try:
-        numbers = [int(m.group(1)) for p in root.iterdir() if (m := _RUN.match(p.name))]
-        run_dir = root / f"{max(numbers, default=-1) + 1:03d}-{name}"
-        run_dir.mkdir()  # exclusive: FileExistsError here would mean the lock was broken
-        return run_dir
-    finally:
-        lock.rmdir()
+        yield staged
+        lock = root / ".new-run.lock"
+        _acquire_lock(lock, timeout_s)
+        try:
+            numbers = [int(m.group(1)) for p in root.iterdir() if (m := _RUN.match(p.name))]
+            staged.run_dir = root / f"{max(numbers, default=-1) + 1:03d}-{name}"
+            os.rename(staged.path, staged.run_dir)  # one step: readers see no folder or the whole one
+        finally:
+            lock.rmdir()
+    except BaseException:
+        shutil.rmtree(staged.path, ignore_errors=True)
+        raise
 
 
 def run_number(run_dir: str | Path) -> int:
     m = _RUN.match(Path(run_dir).name)
     if not m:
-        raise ValueError(f"{run_dir} is not a run folder named NNN-<name>")
+        raise InputError(f"{run_dir} is not a run folder named NNN-<name>")
     return int(m.group(1))
 
 
@@ -92,14 +110,14 @@ def update_latest(root: str | Path, run_dir: str | Path) -> Path:
     root, run_dir = Path(root), Path(run_dir)
     match = _RUN.match(run_dir.name)
     if match is None:
-        raise ValueError(f"{run_dir} is not a run folder named NNN-<name>")
+        raise InputError(f"{run_dir} is not a run folder named NNN-<name>")
     name = match.group(2)
     link = root / f"latest-{name}"
     current = resolve_latest(root, name)
     if current is not None and _RUN.match(current.name) and run_number(current) > run_number(run_dir):
         return link
     if link.exists() and not link.is_symlink() and not link.is_file():
-        raise ValueError(f"{link} exists and is not a latest-pointer; move it away")
+        raise InputError(f"{link} exists and is not a latest-pointer; move it away")
     # A symlink cannot go through atomic_path (which writes files): it is swapped in by the same rename.
     tmp = root / f".{link.name}.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)

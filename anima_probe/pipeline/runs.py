@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anima_probe.errors import InputError
 from anima_probe.pipeline.atomic import atomic_write_json, atomic_write_text
 from anima_probe.pipeline.figures import save_figure
 from anima_probe.pipeline.provenance import environment_info, git_hash, utc_now
-from anima_probe.pipeline.rundirs import check_name, new_run_dir, update_latest
+from anima_probe.pipeline.rundirs import check_name, staged_run_dir, update_latest
 
 _RECORD_KEYS = (
     "experiment",
@@ -37,19 +38,19 @@ _RECORD_KEYS = (
 
 def _finite_metrics(metrics: dict) -> dict[str, float]:
     if not isinstance(metrics, dict):
-        raise ValueError(f"metrics must be a dict of key -> number, got {type(metrics).__name__}")
+        raise InputError(f"metrics must be a dict of key -> number, got {type(metrics).__name__}")
     out = {}
     for key, value in metrics.items():
         if not isinstance(key, str) or not key:
-            raise ValueError(f"metric key {key!r} must be a non-empty string")
+            raise InputError(f"metric key {key!r} must be a non-empty string")
         try:
             if isinstance(value, (bool, str)):
                 raise TypeError
             number = float(value)  # numpy/torch scalars -> plain float so json can write them
         except (TypeError, ValueError):
-            raise ValueError(f"metric {key!r} must be a number, got {value!r}") from None
+            raise InputError(f"metric {key!r} must be a number, got {value!r}") from None
         if not math.isfinite(number):
-            raise ValueError(f"metric {key!r} is not finite ({number})")
+            raise InputError(f"metric {key!r} is not finite ({number})")
         out[key] = number
     return out
 
@@ -57,29 +58,29 @@ def _finite_metrics(metrics: dict) -> dict[str, float]:
 def _check_directions(metrics: dict[str, float], higher_is_better: dict) -> dict[str, bool]:
     for key in metrics:
         if key not in higher_is_better:
-            raise ValueError(f"metric {key!r} has no higher_is_better entry")
+            raise InputError(f"metric {key!r} has no higher_is_better entry")
     for key, value in higher_is_better.items():
         if key not in metrics:
-            raise ValueError(f"higher_is_better names {key!r}, which is not a metric")
+            raise InputError(f"higher_is_better names {key!r}, which is not a metric")
         if not isinstance(value, bool):
-            raise ValueError(f"higher_is_better[{key!r}] must be true or false, got {value!r}")
+            raise InputError(f"higher_is_better[{key!r}] must be true or false, got {value!r}")
     return dict(higher_is_better)
 
 
 def _check_plain_parts(config: Any, env: Any, model: Any) -> None:
     for name, value in (("config", config), ("env", env), ("model", model)):
         if not isinstance(value, dict):
-            raise ValueError(f"{name} must be a dict, got {type(value).__name__}")
+            raise InputError(f"{name} must be a dict, got {type(value).__name__}")
     try:
         json.dumps(config, allow_nan=False)  # fail before a run folder exists, not halfway through
     except (TypeError, ValueError) as err:
-        raise ValueError(f"config is not plain JSON data: {err}") from None
+        raise InputError(f"config is not plain JSON data: {err}") from None
     files = model.get("files")
     if not isinstance(model.get("name"), str) or not isinstance(files, dict):
-        raise ValueError(f"model must be {{'name': str, 'files': {{role: sha256}}}}, got {model!r}")
+        raise InputError(f"model must be {{'name': str, 'files': {{role: sha256}}}}, got {model!r}")
     for role, digest in files.items():
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
-            raise ValueError(f"model file {role!r}: {digest!r} is not a hex sha256")
+            raise InputError(f"model file {role!r}: {digest!r} is not a hex sha256")
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class ResultRecord:
         check_name(self.experiment, "experiment")
         version = self.version
         if isinstance(version, bool) or not isinstance(version, (str, int)) or str(version) == "":
-            raise ValueError(f"version must be a non-empty string or int, got {version!r}")
+            raise InputError(f"version must be a non-empty string or int, got {version!r}")
         object.__setattr__(self, "version", str(version))  # "1" and 1 must compare equal in the gate
         metrics = _finite_metrics(self.metrics)
         object.__setattr__(self, "metrics", metrics)
@@ -144,11 +145,11 @@ class ResultRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResultRecord:
         if not isinstance(data, dict):
-            raise ValueError(f"a result record must be a JSON object, got {type(data).__name__}")
+            raise InputError(f"a result record must be a JSON object, got {type(data).__name__}")
         unknown = sorted(set(data) - set(_RECORD_KEYS))
         missing = [k for k in _RECORD_KEYS[:5] if k not in data]
         if unknown or missing:
-            raise ValueError(f"result record: unknown keys {unknown}, missing keys {missing}")
+            raise InputError(f"result record: unknown keys {unknown}, missing keys {missing}")
         return cls(**data)
 
     @classmethod
@@ -159,7 +160,7 @@ class ResultRecord:
 def _check_filename(name: str, taken: set[str]) -> str:
     check_name(name, "output file name")
     if name in taken:
-        raise ValueError(f"output file name {name!r} is already used in this run")
+        raise InputError(f"output file name {name!r} is already used in this run")
     taken.add(name)
     return name
 
@@ -181,16 +182,16 @@ def write_run(
         fig_paths[key] = _check_filename(key if Path(key).suffix else f"{key}.png", taken)
     for key in extra_files or {}:
         _check_filename(key, taken)
-    run_dir = new_run_dir(root, record.experiment)
     config = {"experiment": record.experiment, "version": record.version, "config": record.config}
-    atomic_write_json(run_dir / "config.json", config)
-    atomic_write_text(run_dir / "metrics.json", record.to_json())
-    for key, fig in (figures or {}).items():
-        save_figure(fig, run_dir / fig_paths[key])
-    for key, text in (extra_files or {}).items():
-        atomic_write_text(run_dir / key, text)
-    update_latest(root, run_dir)
-    return run_dir
+    with staged_run_dir(root, record.experiment) as staged:
+        atomic_write_json(staged.path / "config.json", config)
+        atomic_write_text(staged.path / "metrics.json", record.to_json())
+        for key, fig in (figures or {}).items():
+            save_figure(fig, staged.path / fig_paths[key])
+        for key, text in (extra_files or {}).items():
+            atomic_write_text(staged.path / key, text)
+    update_latest(root, staged.run_dir)
+    return staged.run_dir
 
 
 def read_run(run_dir: str | Path) -> ResultRecord:
@@ -199,4 +200,4 @@ def read_run(run_dir: str | Path) -> ResultRecord:
     try:
         return ResultRecord.from_json(path.read_text(encoding="utf-8"))
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: {err}") from err
+        raise InputError(f"{path}: {err}") from err

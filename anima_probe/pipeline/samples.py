@@ -15,7 +15,7 @@ import torch
 
 from anima_probe.pipeline.atomic import atomic_write_bytes, atomic_write_json
 from anima_probe.pipeline.figures import new_figure, save_figure
-from anima_probe.pipeline.rundirs import new_run_dir
+from anima_probe.pipeline.rundirs import staged_run_dir
 
 
 def grid_figure(images: torch.Tensor, row_labels: Sequence[str], col_labels: Sequence[str]):
@@ -39,11 +39,24 @@ def grid_figure(images: torch.Tensor, row_labels: Sequence[str], col_labels: Seq
 
 def write_sample_run(root, images: torch.Tensor, settings: dict, figure) -> Path:
     """A numbered run folder ``root/NNN-sample/`` with grid.png, images.npy ((R, C, B, H, W, 3) uint8) and
-    settings.json (everything needed to re-run the grid)."""
-    run_dir = new_run_dir(root, "sample")
-    save_figure(figure, run_dir / "grid.png")
+    settings.json (everything needed to re-run the grid); it appears only once all three are written."""
     buf = io.BytesIO()
     np.save(buf, (images.permute(0, 1, 2, 4, 5, 3) * 255).round().to(torch.uint8).cpu().numpy())
-    atomic_write_bytes(run_dir / "images.npy", buf.getvalue())
-    atomic_write_json(run_dir / "settings.json", settings)
-    return run_dir
+    with staged_run_dir(root, "sample") as staged:
+        atomic_write_json(staged.path / "settings.json", settings)  # first: a value JSON refuses fails before work
+        save_figure(figure, staged.path / "grid.png")
+        atomic_write_bytes(staged.path / "images.npy", buf.getvalue())
+    return staged.run_dir
+
+
+def write_image_run(root, name: str, images: torch.Tensor, settings: dict, figure, *, exact: bool = False) -> Path:
+    """grid.png and settings.json (a demo) in a new numbered run folder under `root`, or in `root` itself when
+    `exact` (each file atomic there); never anywhere else."""
+    if exact:
+        atomic_write_json(Path(root) / "settings.json", settings)
+        save_figure(figure, Path(root) / "grid.png")
+        return Path(root)
+    with staged_run_dir(root, name) as staged:
+        atomic_write_json(staged.path / "settings.json", settings)
+        save_figure(figure, staged.path / "grid.png")
+    return staged.run_dir

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from anima_probe.errors import InputError, UnknownNameError
+
 CLOCKS: dict[str, Callable[[], float]] = {"process": time.process_time, "thread": time.thread_time}
 
 
@@ -34,7 +36,7 @@ class Timing:
 
 def _clock(name: str) -> Callable[[], float]:
     if name not in CLOCKS:
-        raise ValueError(f"unknown clock {name!r}; choose from {sorted(CLOCKS)}")
+        raise InputError(f"unknown clock {name!r}; choose from {sorted(CLOCKS)}")
     return CLOCKS[name]
 
 
@@ -59,7 +61,7 @@ def timed(fn: Callable[[], Any], clock: str = "process", device=None) -> tuple[T
 def repeat(fn: Callable[[], Any], reps: int, warmup: int = 1, clock: str = "process", device=None) -> list[Timing]:
     """`reps` timings of `fn()` after `warmup` untimed calls (kernels, allocator and caches warmed)."""
     if reps < 1:
-        raise ValueError(f"reps must be >= 1, got {reps}")
+        raise InputError(f"reps must be >= 1, got {reps}")
     for _ in range(warmup):
         fn()
     return [timed(fn, clock, device)[0] for _ in range(reps)]
@@ -72,7 +74,7 @@ def interleaved(conditions: Mapping[str, Callable[[], Any]], reps: int, *, seed:
     Each condition is warmed up `warmup` times first. The order is drawn from `seed`, so a rerun repeats it.
     """
     if reps < 1:
-        raise ValueError(f"reps must be >= 1, got {reps}")
+        raise InputError(f"reps must be >= 1, got {reps}")
     for fn in conditions.values():
         for _ in range(warmup):
             fn()
@@ -89,12 +91,12 @@ def paired(times: Mapping[str, list[Timing]], base: str) -> dict[str, dict[str, 
     """Per condition: median CPU and wall seconds, and the median over repetitions of the paired ratio
     (this condition's time / `base`'s time in the same repetition), on either clock."""
     if base not in times:
-        raise KeyError(f"base condition {base!r} is not among {sorted(times)}")
+        raise UnknownNameError(f"base condition {base!r} is not among {sorted(times)}")
     ref = times[base]
     out = {}
     for name, ts in times.items():
         if len(ts) != len(ref):
-            raise ValueError(f"{name!r} has {len(ts)} timings, {base!r} {len(ref)}: not paired")
+            raise InputError(f"{name!r} has {len(ts)} timings, {base!r} {len(ref)}: not paired")
         out[name] = {"cpu_s": statistics.median(t.cpu for t in ts),
                      "wall_s": statistics.median(t.wall for t in ts),
                      "cpu_ratio": statistics.median(t.cpu / b.cpu for t, b in zip(ts, ref)),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from anima_probe.errors import InputError
 from anima_probe.pipeline.cache import SOURCES, EmbeddingCache
 from anima_probe.probes.pooling import STRATEGIES
 from anima_probe.probes.stats import as_numpy, cosine_matrix, empirical_p, null_quantiles
@@ -31,7 +32,7 @@ from anima_probe.probes.stats import as_numpy, cosine_matrix, empirical_p, null_
 NULL_QUANTILES = (0.05, 0.5, 0.95)
 
 
-class DegenerateDirection(ValueError):
+class DegenerateDirection(InputError):
     """p+ and p- pool to the same vector, so their difference has no direction and no cosine."""
 
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from anima_probe.errors import InputError, UnknownNameError
+
 _STEP: contextvars.ContextVar[int | None] = contextvars.ContextVar("anima_probe_step", default=None)
 
 ALIASES = {
@@ -73,7 +75,7 @@ def _module_path(anima, base: str) -> str:
         return ALIASES[base]
     if m := _BLOCK.match(base):
         if int(m.group(1)) >= anima.num_blocks:
-            raise KeyError(f"hook point {base!r}: the model has {anima.num_blocks} blocks (0..{anima.num_blocks - 1})")
+            raise UnknownNameError(f"hook point {base!r}: the model has {anima.num_blocks} blocks (0..{anima.num_blocks - 1})")
         return f"transformer.transformer_blocks.{m.group(1)}"
     return base
 
@@ -120,7 +122,7 @@ def resolve(anima, name: str) -> HookPoint:
     close = difflib.get_close_matches(name, hook_point_names(anima), n=3, cutoff=0.5)
     known = list(ALIASES) + ["blocks.{i}", "blocks.{i}.<argument>"]
     hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"
-    raise KeyError(f"unknown hook point {name!r}{hint}")
+    raise UnknownNameError(f"unknown hook point {name!r}{hint}")
 
 
 def _value(out):
@@ -195,7 +197,7 @@ def _register(module: torch.nn.Module, point: HookPoint, fn: Callable) -> torch.
             return args, {**kwargs, point.arg: fn(kwargs[point.arg])}
         i = point.index
         if i is None or len(args) <= i:
-            raise ValueError(f"hook point {point.name!r}: the call passed no {point.arg!r} (positional argument "
+            raise InputError(f"hook point {point.name!r}: the call passed no {point.arg!r} (positional argument "
                              f"{i} or keyword); it got {len(args)} positional arguments")
         return (*args[:i], fn(args[i]), *args[i + 1:]), kwargs
     return module.register_forward_pre_hook(pre, with_kwargs=True)
@@ -244,13 +246,13 @@ def add_vector(vector: torch.Tensor, alpha: float = 1.0, where: str = "add_vecto
     a per-token value (B, T, W) gets each row's vector on every token. Errors name ``where``."""
     def fn(v: torch.Tensor | None) -> torch.Tensor:
         if v is None:
-            raise ValueError(f"{where}: the model passed None here (a DiT without AdaLN-LoRA?); nothing to add to")
+            raise InputError(f"{where}: the model passed None here (a DiT without AdaLN-LoRA?); nothing to add to")
         vec = vector.to(device=v.device, dtype=v.dtype)
         vec = vec.unsqueeze(0) if vec.ndim == 1 else vec  # (R, W)
         if vec.shape[-1] != v.shape[-1]:
-            raise ValueError(f"{where}: vector width {vec.shape[-1]} != the model's {v.shape[-1]}")
+            raise InputError(f"{where}: vector width {vec.shape[-1]} != the model's {v.shape[-1]}")
         if vec.shape[0] not in (1, v.shape[0]):
-            raise ValueError(f"{where}: vector has {vec.shape[0]} rows but the model batch has {v.shape[0]}")
+            raise InputError(f"{where}: vector has {vec.shape[0]} rows but the model batch has {v.shape[0]}")
         if v.ndim == 3:  # per-token values (B, T, W): one vector per row, broadcast over tokens
             vec = vec.unsqueeze(1)  # (R, 1, W)
         return v + (vec if alpha == 1.0 else alpha * vec)

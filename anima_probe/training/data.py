@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from anima_probe.errors import InputError
 from anima_probe.guidance import families
 from anima_probe.guidance.samplers import cfg_velocity, latent_shape, sample_euler, simple_sigmas
 from anima_probe.model.anima import CROSSATTN_TOKENS
-from anima_probe.model.text import encode_prompts
+from anima_probe.model.text import encode_prompts, token_counts
 from anima_probe.pipeline.cache import fingerprint
 from anima_probe.pipeline.manifests import read_caption_set
 from anima_probe.training import loop as training
@@ -67,7 +69,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
         with Image.open(path) as im:
             im = im.convert("RGB")
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
+        raise InputError(f"{path}: not a readable image ({err})") from None
     side = min(im.size)
     left, top = (im.width - side) // 2, (im.height - side) // 2
     im = im.crop((left, top, left + side, top + side))
@@ -78,12 +80,8 @@ def load_image(path: Path, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_images(anima, rows, manifest: Path, size: int, batch_size: int = 16, progress: bool = True):
-    """The caption set's images as model-space x0 (N, C, h, w) float32; rows without an image are errors."""
-    missing = [r.id for r in rows if not r.image]
-    if missing:
-        raise ValueError(f"{manifest}: data 'images' needs an image per row; row {missing[0]!r} has none "
-                         f"({len(missing)} rows without); use data 'teacher' to generate x0 instead")
-    paths = [Path(r.image) if Path(r.image).is_absolute() else manifest.parent / r.image for r in rows]
+    """The caption set's images as model-space x0 (N, C, h, w) float32 (rows checked by `check_caption_set`)."""
+    paths = [image_path(r, manifest) for r in rows]
     out = []
     for i in tqdm(range(0, len(paths), batch_size), desc="encode images", disable=not progress):
         images = torch.stack([load_image(p, size) for p in paths[i : i + batch_size]]).to(anima.device)
@@ -139,19 +137,63 @@ def cache_key(cfg, anima, clip, manifest: Path) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+def image_path(row, manifest: Path) -> Path:
+    return Path(row.image) if Path(row.image).is_absolute() else manifest.parent / row.image
+
+
+LONG_CAPTIONS = ("refuse", "truncate")
+
+
+def check_lengths(anima, rows, manifest: Path, long_captions: str = "refuse") -> None:
+    """Captions longer than the DiT's 512-row context: refused naming the row ("refuse"), or kept and truncated to
+    their first 512 tokens as the published trainers do ("truncate", one warning line naming the rows)."""
+    if long_captions not in LONG_CAPTIONS:
+        raise InputError(f"long captions: choose one of {LONG_CAPTIONS}, got {long_captions!r}")
+    counts = token_counts(anima, [r.caption for r in rows])
+    over = [(r, n) for r, n in zip(rows, counts) if n > CROSSATTN_TOKENS]
+    if not over:
+        return
+    (row, n), lines = over[0], ", ".join(str(r.line) for r, _ in over[:5])
+    if long_captions == "refuse":
+        raise InputError(f"{manifest}:{row.line}: the caption of row {row.id!r} is {n} tokens, over the encoder's "
+                         f"{CROSSATTN_TOKENS} ({len(over)} such rows); shorten it, or pass --long-captions truncate "
+                         f"to keep the first {CROSSATTN_TOKENS} tokens")
+    print(f"warning: {manifest}: {len(over)} caption(s) over {CROSSATTN_TOKENS} tokens truncated to their first "
+          f"{CROSSATTN_TOKENS} (lines {lines}{', ...' if len(over) > 5 else ''})", file=sys.stderr)
+
+
+def check_caption_set(cfg, manifest, clip=None) -> list:
+    """The caption set's rows, checked for this config before anything is computed or written: the data source,
+    the family's CLIP, enough rows for the validation split and, for data 'images', every image file (a missing
+    one names the manifest line)."""
+    manifest = Path(manifest)
+    if cfg.data not in DATA_SOURCES:
+        raise InputError(f"data must be one of {DATA_SOURCES}, got {cfg.data!r}")
+    families.get(cfg.family).require_clip(clip)
+    rows = read_caption_set(manifest)
+    if not 0 < cfg.val_count < len(rows):
+        raise InputError(f"{manifest}: val_count={cfg.val_count} must leave training rows ({len(rows)} in all)")
+    if cfg.data == "images":
+        missing = [r for r in rows if not r.image]
+        if missing:
+            raise InputError(f"{manifest}:{missing[0].line}: data 'images' needs an image per row; row "
+                             f"{missing[0].id!r} has none ({len(missing)} rows without); use data 'teacher' to "
+                             "generate x0 instead")
+        absent = [r for r in rows if not image_path(r, manifest).is_file()]
+        if absent:
+            raise InputError(f"{manifest}:{absent[0].line}: image {image_path(absent[0], manifest)} of row "
+                             f"{absent[0].id!r} not found ({len(absent)} rows with no image file)")
+    return rows
+
+
 def prepare_data(anima, cfg, manifest, cache_path: Path, clip=None, progress: bool = True) -> DistillData:
     """Compute (or read back from ``cache_path``) the distillation data for caption set ``manifest``."""
     manifest, cache_path = Path(manifest), Path(cache_path)
-    if cfg.data not in DATA_SOURCES:
-        raise ValueError(f"data must be one of {DATA_SOURCES}, got {cfg.data!r}")
-    families.get(cfg.family).require_clip(clip)
+    rows = check_caption_set(cfg, manifest, clip)
     key = cache_key(cfg, anima, clip, manifest)
     cached = training.load_checkpoint(cache_path)
     if cached is not None and cached.get("key") == key:
         return DistillData(**{k: v for k, v in cached.items() if k != "key"})
-    rows = read_caption_set(manifest)
-    if not 0 < cfg.val_count < len(rows):
-        raise ValueError(f"{manifest}: val_count={cfg.val_count} must leave training rows ({len(rows)} in all)")
     captions = [r.caption for r in rows]
     crossattn, empty, pooled = _text(anima, captions, cfg, clip, progress)
     if cfg.data == "images":

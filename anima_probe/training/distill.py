@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from anima_probe.errors import InputError
 from anima_probe.guidance import families
 from anima_probe.guidance.families import POOLED_TEXT_PROJ
 from anima_probe.guidance.modulation import Modulation, constant, inject
@@ -35,7 +36,7 @@ from anima_probe.model.flow import add_noise, logit_normal_sigmas
 from anima_probe.pipeline.atomic import atomic_write_json
 from anima_probe.pipeline.figures import new_figure, save_figure
 from anima_probe.training import loop as training
-from anima_probe.training.data import DistillData, prepare_data
+from anima_probe.training.data import DistillData, check_caption_set, check_lengths, prepare_data
 
 _VAL_STREAM = 104_729  # the fixed validation noise is drawn from its own seed, never from a training step's
 
@@ -71,7 +72,7 @@ class DistillConfig:
     def __post_init__(self):
         families.get(self.family)  # a registered family, or a ValueError naming the known ones
         if self.steps < 1 or self.batch_size < 1 or self.val_every < 1 or self.checkpoint_every < 1:
-            raise ValueError("steps, batch_size, val_every and checkpoint_every must be >= 1")
+            raise InputError("steps, batch_size, val_every and checkpoint_every must be >= 1")
 
 
 class Student(torch.nn.Module):
@@ -134,7 +135,7 @@ def student_velocity(anima, student, data: DistillData, x_t, sigma, pooled) -> t
 def batch(cfg: DistillConfig, data: DistillData, step: int, rank: int, world: int, device):
     """This process's share of step ``step``'s global batch: (index (b,), sigma (b,), noise (b, C, h, w))."""
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size={cfg.batch_size} must split evenly over {world} processes")
+        raise InputError(f"batch_size={cfg.batch_size} must split evenly over {world} processes")
     g = training.step_generator(cfg.seed, step)  # drawn on the CPU: the same numbers on every device
     idx = torch.randint(0, data.n_train, (cfg.batch_size,), generator=g)
     sigma = logit_normal_sigmas(cfg.batch_size, g, cfg.sigma_mean, cfg.sigma_std, cfg.sigma_shift)
@@ -239,17 +240,22 @@ class _Run:
         return self.accelerator.is_main_process
 
 
-def _setup(cfg: DistillConfig, out: Path, captions, anima, clip, accelerator, progress: bool) -> _Run:
+def _setup(cfg: DistillConfig, out: Path, captions, anima, clip, accelerator, progress: bool,
+           long_captions: str) -> _Run:
+    # every check that can fail runs before the first write: a rejected run leaves no folder and no data.pt
+    check_lengths(anima, check_caption_set(cfg, captions, clip), Path(captions), long_captions)
+    ckpt_path = out / "checkpoint" / "checkpoint.pt"
+    state = training.load_checkpoint(ckpt_path)
+    if state is not None and state["config"] != _config_state(cfg):
+        raise InputError(f"{ckpt_path}: written for another config; use a new output folder or the same config")
     out.mkdir(parents=True, exist_ok=True)
     with accelerator.main_process_first():  # the main process computes the data; the others read its cache
         data = prepare_data(anima, cfg, captions, out / "data.pt", clip, progress and accelerator.is_main_process)
     data = data.to(anima.device)
     source = new_source(cfg, anima, data.pooled.shape[1]).to(anima.device).float()
     opt = torch.optim.AdamW(source.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ckpt_path, start = out / "checkpoint" / "checkpoint.pt", 0
-    if (state := training.load_checkpoint(ckpt_path)) is not None:
-        if state["config"] != _config_state(cfg):
-            raise ValueError(f"{ckpt_path}: written for another config; use a new output folder or the same config")
+    start = 0
+    if state is not None:
         source.load_state_dict(state["source"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
@@ -296,15 +302,16 @@ def _after_step(run: _Run, step: int, loss: float, lr: float, t0: float) -> None
 
 
 def distill(cfg: DistillConfig, out_dir, captions, anima, clip=None, accelerator=None, progress: bool = True,
-            on_step: Callable[[int, Student], None] | None = None) -> Path:
+            on_step: Callable[[int, Student], None] | None = None, long_captions: str = "refuse") -> Path:
     """Train (or resume) into ``out_dir`` on caption set ``captions``; returns the trained source file.
 
     ``on_step(step, student)`` runs after every completed step (tests use it to interrupt or to poison weights).
+    ``long_captions``: what a caption over the 512-token context gets (`data.check_lengths`).
     """
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=anima.device.type == "cpu")
-    run = _setup(cfg, Path(out_dir), captions, anima, clip, accelerator, progress)
+    run = _setup(cfg, Path(out_dir), captions, anima, clip, accelerator, progress, long_captions)
     nosource = validate(anima, run.student, run.data, run.val, accelerator, source=False)
     if run.start == 0:
         metrics = validate(anima, run.student, run.data, run.val, accelerator)

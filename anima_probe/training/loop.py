@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from anima_probe.errors import InputError, RunFailed
 from anima_probe.pipeline.atomic import atomic_path, atomic_write_text
 
 
@@ -48,7 +49,12 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict | None:
     path = Path(path)
     if not path.is_file():
         return None
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # pickle refused by weights_only, a truncated file, ...: torch names neither file nor fix
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not a checkpoint this suite wrote ({reason[:160]}); move it away or use a new "
+                         "output folder") from None
 
 
 class CSVLog:
@@ -75,7 +81,7 @@ class CSVLog:
             return list(csv.DictReader(f))
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(RunFailed):
     """Training produced a NaN/inf loss; the last good checkpoint is left untouched."""
 
 

@@ -113,8 +113,9 @@ def test_images_are_encoded_and_missing_ones_named(tmp_path):
     assert x0.shape == (3, 16, 2, 2)
     torch.testing.assert_close(x0[1:2], want.float(), atol=1e-5, rtol=1e-5)  # batched vs alone
     rows[2] = CaptionRow(id="no-pixels", caption="x", artist="@a")
-    with pytest.raises(ValueError, match=r"c\.csv: data 'images' needs an image per row; row 'no-pixels'"):
-        encode_images(anima, rows, tmp_path / "c.csv", 16, progress=False)
+    manifest = write_caption_set(rows, tmp_path / "c.csv")
+    with pytest.raises(ValueError, match=r"c\.csv:4: data 'images' needs an image per row; row 'no-pixels'"):
+        distill_data.check_caption_set(replace(FAST, data="images", val_count=1), manifest)
 
 
 def test_student_is_the_injection_and_starts_as_a_no_op(anima, data):
@@ -272,7 +273,7 @@ def test_cli_stops_on_a_nan_with_a_clear_message(tiny_dir, tmp_path, capsys):
             "--quiet"]
     assert main(args) == 1  # the first update (AdamW: ~lr per weight) overflows the student's output
     err = capsys.readouterr().err
-    assert re.search(r"anima-probe distill: loss is (nan|inf) at step 1; stopped without saving", err)
+    assert re.search(r"anima-probe distill: error: loss is (nan|inf) at step 1; stopped without saving", err)
     assert not (tmp_path / "pooled_text_proj.safetensors").exists()
 
 

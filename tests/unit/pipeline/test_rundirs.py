@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 from anima_probe.pipeline import rundirs
-from anima_probe.pipeline.rundirs import new_run_dir, resolve_latest, update_latest
+from anima_probe.pipeline.rundirs import resolve_latest, staged_run_dir, update_latest
 
+
+def new_run_dir(root, name, timeout_s: float = 30.0):
+    """An empty run folder made the one way run folders are made (a staged folder, renamed when complete)."""
+    with staged_run_dir(root, name, timeout_s=timeout_s) as staged:
+        pass
+    return staged.run_dir
 
 def test_run_numbers_increase_across_names(tmp_path):
     a = new_run_dir(tmp_path, "pooling-nmi")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from anima_probe.pipeline.figures import new_figure
-from anima_probe.pipeline.rundirs import new_run_dir, resolve_latest
+from anima_probe.pipeline.rundirs import resolve_latest
 from anima_probe.pipeline.runs import ResultRecord, read_run, write_run
 
 SHA = "ab" * 32
@@ -91,7 +91,8 @@ def test_write_run_refuses_clobbering_names_before_creating_a_folder(tmp_path):
 
 
 def test_read_run_names_the_file(tmp_path):
-    run = new_run_dir(tmp_path, "x")
+    run = tmp_path / "000-x"
+    run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"experiment": "x"}))
     with pytest.raises(ValueError, match=r"000-x/metrics.json: result record"):
         read_run(run)
