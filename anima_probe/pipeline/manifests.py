@@ -2,7 +2,10 @@
 
 Two kinds of data:
 - Shipped prompt sets in ``data/manifests/`` (guidance p+/p-, the 8 content types, quality/resolution/neutral
-  tag sets), read by `load_prompt_sets`. Their provenance is in that folder's README.md.
+  tag sets; Anima-style tags) and ``data/manifests/toyworld/`` (the same sets in the toy world's own caption
+  vocabulary), read by `load_prompt_sets`; `prompt_rows` lists their (file:row, text) for the untrained-token
+  check, `anima_probe.pipeline.vocabulary`, which also picks the folder that fits a model. Their
+  provenance is in that folder's README.md.
 - User caption sets (for the artist-clustering experiment): CSV or JSONL rows ``id, caption, artist`` with
   optional ``image`` and ``tags``. `read_caption_set` validates them with errors that name the file and line;
   `build_caption_set` makes one from a LoRA-trainer style image folder.
@@ -14,7 +17,6 @@ import csv
 import io
 import json
 import os
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,8 @@ from anima_probe.pipeline.atomic import atomic_write_text
 from anima_probe.pipeline.provenance import REPO_ROOT
 
 MANIFEST_DIR = REPO_ROOT / "data" / "manifests"
+TOY_MANIFEST_DIR = MANIFEST_DIR / "toyworld"  # the same sets in the toy world's own caption vocabulary
+PROMPT_FILES = ("guidance_prompts.json", "content_types.csv", "tag_sets.json")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 REQUIRED_COLUMNS = ("id", "caption", "artist")
 OPTIONAL_COLUMNS = ("image", "tags")
@@ -58,6 +62,18 @@ def _read_json(path: Path) -> Any:
         raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
 
 
+def repo_path(text: str | Path) -> Path:
+    """A relative path is tried from the working directory, then from the repository root."""
+    path = Path(text)
+    return path if path.is_absolute() or path.exists() else REPO_ROOT / path
+
+
+def _where(path: Path) -> str:
+    """A file as errors name it: relative to the repository when it is inside it."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def _read_content_types(path: Path) -> list[dict[str, str]]:
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
@@ -68,44 +84,45 @@ def _read_content_types(path: Path) -> list[dict[str, str]]:
     for line, row in enumerate(rows, start=2):
         if not all(row.values()):
             raise InputError(f"{path}:{line}: empty field in {row}")
+        row["where"] = f"{_where(path)}:{line}"
     return rows
 
 
 def load_prompt_sets(path: str | Path | None = None) -> dict[str, Any]:
     """The shipped prompt sets as plain data.
 
-    Returns ``{"guidance": {positive, negative, provenance, variants}, "content_types": [{name, label,
-    prompt}, ...], "tag_sets": {quality: {positive, negative}, resolution: {...}, neutral: [...]}}``.
-    `path` defaults to ``data/manifests`` in this repository.
+    Returns ``{"guidance": {positive, negative, provenance, variants}, "content_types": [{name, label, prompt,
+    where}, ...], "tag_sets": {quality: {positive, negative}, resolution: {...}, neutral: [...]}, "files": {...}}``
+    (`where` = "file:line"; `files` = where each of the three files was read). `path` defaults to ``data/manifests``
+    (Anima-style tags). A folder holds the files that differ from ``data/manifests`` and the rest is read from
+    there: ``data/manifests/toyworld`` has the toy world's own content prompts and neutral tags and shares the
+    proposal's p+ / p-.
     """
     folder = Path(path) if path is not None else MANIFEST_DIR
     if not folder.is_dir():
         raise MissingFileError(f"manifest folder {folder} not found; pass path= to load_prompt_sets")
-    guidance = _read_json(folder / "guidance_prompts.json")
+    files = {name: folder / name if (folder / name).is_file() else MANIFEST_DIR / name for name in PROMPT_FILES}
+    guidance = _read_json(files["guidance_prompts.json"])
     for key in ("positive", "negative"):
         if not isinstance(guidance.get(key), str) or not guidance[key].strip():
-            raise InputError(f"{folder / 'guidance_prompts.json'}: '{key}' must be a non-empty string")
-    tag_sets = _read_json(folder / "tag_sets.json")
+            raise InputError(f"{files['guidance_prompts.json']}: '{key}' must be a non-empty string")
+    tag_sets = _read_json(files["tag_sets.json"])
     for key in ("quality", "resolution", "neutral"):
         if key not in tag_sets:
-            raise InputError(f"{folder / 'tag_sets.json'}: missing key '{key}'")
-    return {"guidance": guidance, "content_types": _read_content_types(folder / "content_types.csv"),
-            "tag_sets": tag_sets}  # fmt: skip
+            raise InputError(f"{files['tag_sets.json']}: missing key '{key}'")
+    return {"guidance": guidance, "content_types": _read_content_types(files["content_types.csv"]),
+            "tag_sets": tag_sets, "files": {name: _where(p) for name, p in files.items()}}  # fmt: skip
 
 
-def random_tag_pairs(pool: list[str], n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """n distinct ordered pairs (a, b), a != b, from `pool`: the "random direction" null for tag deltas."""
-    unique = sorted(set(pool))
-    available = len(unique) * (len(unique) - 1)
-    if n > available:
-        raise InputError(f"asked for {n} tag pairs but the pool of {len(unique)} tags gives only {available}")
-    rng = random.Random(seed)
-    chosen = rng.sample(range(available), n)
-    pairs = []
-    for index in chosen:  # decode index -> (i, j) with j != i, so sampling is without replacement
-        i, j = divmod(index, len(unique) - 1)
-        pairs.append((unique[i], unique[j + (j >= i)]))
-    return pairs
+def prompt_rows(sets: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, text) for every prompt and tag of `load_prompt_sets`' result, as `check_prompt_set` takes them."""
+    files, tags = sets["files"], sets["tag_sets"]
+    rows = [(f"{files['guidance_prompts.json']}: {k}", sets["guidance"][k]) for k in ("positive", "negative")]
+    rows += [(row["where"], row["prompt"]) for row in sets["content_types"]]
+    for axis in ("quality", "resolution"):
+        rows += [(f"{files['tag_sets.json']}: {axis}.{side}[{i}]", t)
+                 for side in ("positive", "negative") for i, t in enumerate(tags[axis][side])]
+    return rows + [(f"{files['tag_sets.json']}: neutral[{i}]", t) for i, t in enumerate(tags["neutral"])]
 
 
 # ---------------------------------------------------------------- caption sets: reading

@@ -42,3 +42,22 @@ def claim_table(rows: list[tuple[str, float | None, float | None]], digits: int 
     lines = [f"| quantity | proposal | {model} |", "|---|---|---|"]
     lines += [f"| {label} | {cell(claimed)} | {cell(observed)} |" for label, claimed, observed in rows]
     return "\n".join(lines)
+
+
+def evidence_table(rows: list[dict], model: str = "this run", digits: int = 3) -> str:
+    """The headline form every probe report uses: ``| quantity | proposal | <model> | CI | null median | null q95 |
+    p | MDE |`` from dicts with keys label, proposal (or None), value, ci (low, high) or None, null_q50, null_q95,
+    p (Holm-adjusted where several are tested) and mde (2.49 x the null's SE: an excess over the null smaller than it
+    could not have been seen)."""
+
+    def cell(x) -> str:
+        if x is None:
+            return "-"
+        if isinstance(x, tuple):
+            return f"{cell(x[0])} .. {cell(x[1])}"
+        return f"{x:.{digits}g}" if abs(x) < 10 ** -digits and x != 0 else f"{x:.{digits}f}"
+
+    lines = [f"| quantity | proposal | {model} | 95 % CI | null median | null q95 | p | MDE |", "|---|" + "---|" * 7]
+    lines += [f"| {r['label']} | " + " | ".join(cell(r.get(k)) for k in ("proposal", "value", "ci", "null_q50",
+                                                                          "null_q95", "p", "mde")) + " |" for r in rows]
+    return "\n".join(lines)

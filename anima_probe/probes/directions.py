@@ -11,8 +11,10 @@ text-only direction experiments share:
   pooling to the same vector): `DegenerateDirection`, a ValueError that names the prompts and the pooling.
   NaN is never returned, because a cosine of a zero vector is undefined and a NaN metric would be refused by
   the run record anyway;
-- `random_tag_sets`: the null, the same construction with random neutral tags in place of p+ / p-;
-- `null_summary`: the null's quantiles and the empirical p of an observed value.
+- `random_tag_sets`: the null, the same construction with random neutral tags in place of p+ / p-, as many per
+  side as the statistic carries (`tag_count`), and `sweep_draws` for the null's level as tags per side grow;
+- `mean_pairwise_ci` / `consistency_null` / `scope_cosines`: the two experiments' statistics, with a BCa
+  interval over contents (the clusters) and the null built from the same function.
 """
 
 from __future__ import annotations
@@ -24,12 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from anima_probe.errors import InputError
+from anima_probe.errors import InputError, UnknownNameError, UsageError
 from anima_probe.pipeline.cache import SOURCES, EmbeddingCache
 from anima_probe.probes.pooling import STRATEGIES
-from anima_probe.probes.stats import as_numpy, cosine_matrix, empirical_p, null_quantiles
-
-NULL_QUANTILES = (0.05, 0.5, 0.95)
+from anima_probe.probes.stats import Interval, as_numpy, cluster_bca, cosine_matrix, pairwise_cosines
 
 
 class DegenerateDirection(InputError):
@@ -66,14 +66,14 @@ def check_poolings(keys: Sequence[str]) -> tuple[str, ...]:
     valid = [f"{s}/{name}" for s in SOURCES for name in STRATEGIES]
     bad = [k for k in keys if k not in valid]
     if bad or not keys:
-        raise ValueError(f"unknown pooling {bad or '(none given)'}; choose from {valid}")
+        raise UnknownNameError(f"unknown pooling {bad or '(none given)'}; choose from {valid}")
     return tuple(keys)
 
 
 def compose(template: str, tags: str, content: str) -> str:
     """One prompt from a template with ``{tags}`` and ``{content}``, e.g. "{tags}, {content}"."""
     if "{tags}" not in template or "{content}" not in template:
-        raise ValueError(f"template {template!r} must contain both {{tags}} and {{content}}")
+        raise UsageError(f"template {template!r} must contain both {{tags}} and {{content}}")
     return template.format(tags=tags, content=content)
 
 
@@ -111,32 +111,57 @@ def rowwise_cosines(U: np.ndarray, V: np.ndarray) -> np.ndarray:
     return np.array([cosine(u, v) for u, v in zip(U, V, strict=True)])
 
 
-def random_tag_sets(pool: Sequence[str], n: int, size: int = 1, sides: int = 2, seed: int = 0
-                    ) -> list[tuple[str, ...]]:
-    """n draws of `sides` disjoint sets of `size` tags each, joined as captions ("a, b").
+def tag_count(prompt: str) -> int:
+    """Comma-separated tags in a prompt: "a, b c, d" -> 3."""
+    return len([t for t in prompt.split(",") if t.strip()])
 
-    sides=2 gives the (p+, p-) stand-ins of one random direction; sides=4 gives two random directions with no
-    tag in common, so their cosine is not inflated by a shared tag. Draws are independent (a pair can repeat
-    across draws, as in any Monte-Carlo null); within a draw no tag repeats.
+
+def random_tag_sets(pool: Sequence[str], n: int, sizes: Sequence[int] = (1, 1), seed: int = 0
+                    ) -> list[tuple[str, ...]]:
+    """n draws of disjoint tag sets with `sizes[s]` tags on side s, joined as captions ("a, b").
+
+    sizes=(7, 5) stands in for the proposal's p+ / p- (7 and 5 tags): a null must carry as many tags per side as
+    the statistic, since more tags make the per-content directions agree more (1 tag per side gave a null median
+    of 0.628, 6 tags 0.763, on the old Anima-style pool). Draws are independent (a set can repeat across draws,
+    as in any Monte-Carlo null); within a draw no tag repeats.
     """
     unique = sorted(set(pool))
-    if size < 1 or sides < 1 or n < 1:
-        raise ValueError(f"n, size and sides must be >= 1, got n={n}, size={size}, sides={sides}")
-    if size * sides > len(unique):
-        raise ValueError(f"{sides} sets of {size} distinct tags need {size * sides} tags; the pool has {len(unique)}")
+    if n < 1 or not sizes or min(sizes) < 1:
+        raise UsageError(f"n and every size must be >= 1, got n={n}, sizes={tuple(sizes)}")
+    if sum(sizes) > len(unique):
+        raise UsageError(f"sides of {tuple(sizes)} distinct tags need {sum(sizes)} tags; the pool has {len(unique)}")
     rng = random.Random(seed)
+    bounds = np.cumsum([0, *sizes])
     draws = []
     for _ in range(n):
-        picked = rng.sample(unique, size * sides)
-        draws.append(tuple(", ".join(picked[s * size:(s + 1) * size]) for s in range(sides)))
+        picked = rng.sample(unique, int(bounds[-1]))
+        draws.append(tuple(", ".join(picked[bounds[s]:bounds[s + 1]]) for s in range(len(sizes))))
     return draws
 
 
-def null_summary(observed: float, null: np.ndarray) -> dict[str, float]:
-    """{"null_q05", "null_q50", "null_q95", "p"}: where `observed` sits in the null (one-sided, upper tail)."""
-    out = {f"null_q{round(q * 100):02d}": v for q, v in null_quantiles(null, NULL_QUANTILES).items()}
-    out["p"] = empirical_p(observed, null, higher_is_extreme=True)
-    return out
+def sweep_draws(pool: Sequence[str], n: int, tags_per_side: Sequence[int], seed: int = 0
+                ) -> dict[int, list[tuple[str, ...]]]:
+    """{k: n draws of k tags on each of two sides} for every k the pool can fill (2k distinct tags; the toy
+    world's 12 neutral tags stop at 6). Seeded per k, so quality-direction and quality-resolution draw the same
+    prompts and the second reads them from the embedding cache."""
+    return {k: random_tag_sets(pool, n, (k, k), seed + k) for k in tags_per_side if 2 * k <= len(set(pool))}
+
+
+def mean_pairwise_ci(directions: np.ndarray, n_boot: int = 2000, seed: int = 0) -> Interval:
+    """Mean pairwise cosine of the rows of `directions` (C, D) with a BCa interval over the C contents (the
+    clusters). A resample that draws a content twice never pairs it with itself: that pair's cosine is 1 by
+    construction, not agreement between contents."""
+    C = cosine_matrix(directions)  # (C, C)
+
+    def stat(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        idx = np.asarray(idx, dtype=int)  # (..., C) resampled content indices
+        pair = C[idx[..., :, None], idx[..., None, :]]  # (..., m, m); m = C, or C - 1 in BCa's jackknife
+        upper = np.triu(np.ones(pair.shape[-2:], bool), 1)  # (m, m)
+        keep = upper & (idx[..., :, None] != idx[..., None, :])  # (..., m, m)
+        # max(.., 1): a resample of one content repeated has no pair (chance 8 / 8^8 per resample)
+        return (pair * keep).sum((-2, -1)) / np.maximum(keep.sum((-2, -1)), 1)
+
+    return cluster_bca((np.arange(len(C)),), stat, n_boot=n_boot, seed=seed)
 
 
 def plot_null(ax, null: np.ndarray, observed: float, what: str) -> None:
@@ -147,3 +172,24 @@ def plot_null(ax, null: np.ndarray, observed: float, what: str) -> None:
     ax.set_xlabel(what)
     ax.set_ylabel("count")
     ax.legend(fontsize=7)
+
+
+def mean_pairwise(directions: np.ndarray) -> tuple[float, float]:
+    """(mean, min) of the n*(n-1)/2 pairwise cosines of the rows of `directions` (n, D)."""
+    pairs = pairwise_cosines(directions)  # (n*(n-1)/2,)
+    return float(pairs.mean()), float(pairs.min())
+
+
+def consistency_null(table: PooledTable, key: str, draws: Sequence[tuple[str, str]], contents: Sequence[str],
+                     template: str) -> np.ndarray:
+    """Mean pairwise cosine of the per-content directions of every (side a, side b) draw, (n_draws,)."""
+    return np.array([mean_pairwise(content_directions(table, key, a, b, contents, template))[0] for a, b in draws])
+
+
+def scope_cosines(table: PooledTable, key: str, first: tuple[str, str], second: tuple[str, str],
+                  contents: Sequence[str], template: str) -> tuple[float, np.ndarray]:
+    """cos(first alone, second alone) and the per-content cosines (C,) of the two directions."""
+    alone = cosine(direction(table, key, *first), direction(table, key, *second))
+    per = rowwise_cosines(content_directions(table, key, *first, contents, template),
+                          content_directions(table, key, *second, contents, template))  # (C,)
+    return alone, per

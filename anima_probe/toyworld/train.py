@@ -30,9 +30,10 @@ from anima_probe.model.dit_file import AdapterConfig, DiTConfig
 from anima_probe.model.flow import add_noise, logit_normal_sigmas, velocity_target
 from anima_probe.model.text import PromptTokens, qwen_states, tokenize_prompts
 from anima_probe.model.tiny import dit_file_state, tiny_qwen3, write_dit_file, write_qwen3_file
-from anima_probe.model.tokenization import load_tokenizers, train_tiny_tokenizers
+from anima_probe.model.tokenization import QWEN_DIR_NAME, T5_DIR_NAME, load_tokenizers, train_tiny_tokenizers
+from anima_probe.pipeline.vocabulary import write_training_vocabulary
 from anima_probe.toyworld import positive_control as pc
-from anima_probe.toyworld.world import generate
+from anima_probe.toyworld.world import captions, generate
 from anima_probe.training import loop as training
 
 DIT_FILE = "diffusion_models/anima-toyworld.safetensors"
@@ -222,7 +223,19 @@ def save_model_folder(model_dir: Path, nets: dict, cfg: ToyConfig, qwen) -> Path
     _write_dit(model_dir, nets, cfg)
     write_qwen3_file(model_dir / TEXT_ENCODER_FILE, qwen.cpu())
     (model_dir / "toyworld.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    write_vocabulary(model_dir, cfg)
     return model_dir
+
+
+def write_vocabulary(model_dir: Path, cfg: ToyConfig) -> Path:
+    """The T5 ids the adapter trained on (every training caption, and the empty prompt of caption dropout) into
+    ``model_dir/training_vocab.json``, so prompt sets can be checked against them (`anima_probe.pipeline.vocabulary`).
+    For the shipped model, once: ``python -m anima_probe.toyworld.train vocabulary data/toyworld/model``."""
+    _, t5 = load_tokenizers(model_dir / QWEN_DIR_NAME, model_dir / T5_DIR_NAME)
+    texts = captions(cfg.n_images, cfg.seed) + ([""] if cfg.caption_dropout > 0 else [])
+    source = (f"anima_probe.toyworld.world.captions(n={cfg.n_images}, seed={cfg.seed})"
+              + (" + the empty prompt (caption dropout)" if cfg.caption_dropout > 0 else ""))
+    return write_training_vocabulary(model_dir, t5, texts, source)
 
 
 def checkpoint_model_folder(out_dir: Path, model_dir: Path, ema: bool = True) -> Path:
@@ -248,3 +261,13 @@ def _write_dit(model_dir: Path, nets: dict, cfg: ToyConfig) -> None:
     write_dit_file(model_dir / DIT_FILE, state, "net.", {"format": "anima-toyworld", "config": json.dumps(asdict(cfg))})
     if "projection" in nets:  # the DiT file has no key for it (Anima has no such path): the community's own file
         save_pooled_text_proj(nets["projection"], model_dir / pc.PROJECTION_FILE)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "vocabulary":
+        raise SystemExit("usage: python -m anima_probe.toyworld.train vocabulary MODEL_DIR  (a toy model folder)")
+    folder = Path(sys.argv[2])
+    config = ToyConfig(**json.loads((folder / "toyworld.json").read_text(encoding="utf-8")))
+    print(f"wrote {write_vocabulary(folder, config)}")

@@ -201,13 +201,24 @@ def sample_factors(n: int, seed: int, artists: tuple[str, ...] = ARTISTS) -> lis
     return out
 
 
+def _captions(factors: list[dict], seed: int) -> list[str]:
+    return [caption_for(f["artist"], f["content"], f["quality"], f["resolution"], _item_rng(seed, 2, i))
+            for i, f in enumerate(factors)]
+
+
+def captions(n: int, seed: int, artists: tuple[str, ...] = ARTISTS) -> list[str]:
+    """The captions of `generate(n, seed, artists=...)` without drawing a pixel (what a record of the training
+    vocabulary needs)."""
+    return _captions(sample_factors(n, seed, artists), seed)
+
+
 def generate(n: int, seed: int, size: int = 32, artists: tuple[str, ...] = ARTISTS) -> list[ToyImage]:
     """n captioned toy images; item i depends only on (seed, i), so a longer run extends a shorter one.
     `artists` picks whose styles are drawn (default: the twelve the toy model was trained on)."""
+    factors = sample_factors(n, seed, artists)
     images = []
-    for i, f in enumerate(sample_factors(n, seed, artists)):
+    for i, (f, caption) in enumerate(zip(factors, _captions(factors, seed), strict=True)):
         img = render(f["artist"], f["content"], f["quality"], f["resolution"], _item_rng(seed, 1, i), size)
-        caption = caption_for(f["artist"], f["content"], f["quality"], f["resolution"], _item_rng(seed, 2, i))
         images.append(ToyImage(id=f"toy-s{seed}-{i:06d}", caption=caption, image=img, **f))
     return images
 

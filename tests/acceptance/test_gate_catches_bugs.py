@@ -51,7 +51,7 @@ def test_gate_catches_max_and_mean_pooling_swapped(toy, tmp_path, monkeypatch):
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(subset)
-    small = {"manifest": str(tmp_path / "captions.csv"), "kmeans_seeds": 1, "n_init": 2, "n_boot": 10,
+    small = {"manifest": str(tmp_path / "captions.csv"), "kmeans_seeds": 1, "n_init": 2, "n_half": 2,
              "n_perm": 10, "ablation": False}
     clean = _metrics("pooling-nmi", small, toy, tmp_path, "clean")
     for name, (op, over) in list(pooling.STRATEGIES.items()):
@@ -69,7 +69,8 @@ def test_gate_catches_a_halved_injection_delta(toy, tmp_path, monkeypatch):
     from anima_probe.probes import hooks
     from anima_probe.probes import sensitivity as injection
 
-    small = {"n_prompts": 1, "sigmas": (0.5,), "alphas": (0.0, 2.0, 4.0, 8.0), "latent_size": 16}
+    small = {"n_prompts": 2, "noise_seeds": 1, "sigmas": (0.5,), "alphas": (2.0, 4.0, 8.0), "latent_size": 16,
+             "n_boot": 200}  # 2 prompts: the fewest a cluster bootstrap takes
     clean = _metrics("injection-mse", small, toy, tmp_path, "clean")
     monkeypatch.setattr(injection, "add_vector", lambda vec, alpha: hooks.add_vector(vec, 0.5 * alpha))
     status = _gate_against_clean("injection-mse", clean, _metrics("injection-mse", small, toy, tmp_path, "bug"))
@@ -77,6 +78,5 @@ def test_gate_catches_a_halved_injection_delta(toy, tmp_path, monkeypatch):
     # 4 -> 8 growth jumps (flagged). The measured tolerances of the other MSE keys are wide (the seed also
     # draws the random projection, so MSE varies ~100 % across seeds) and let smaller moves pass: the gate
     # is only as sharp as the experiment's own seed spread.
-    assert status["mse/after_norm/alpha_4"] == status["rel_mse/after_norm/alpha_4"] == "regressed"
+    assert status["mse/after_norm/alpha_4"] == "regressed"
     assert status["growth_4_to_8/after_norm"] == "improved"
-    assert all(status[k] == "ok" for k in clean if k.endswith("alpha_0"))  # no vector added: nothing moves

@@ -4,15 +4,32 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import asdict, replace
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from anima_probe.guidance.samplers import sample_euler, simple_sigmas
 from anima_probe.model.anima import default_model_dir, load_anima
 from anima_probe.model.text import encode_prompts
-from anima_probe.toyworld.train import DIT_FILE, ToyConfig, checkpoint_model_folder, train_toy_world
+from anima_probe.pipeline.manifests import MANIFEST_DIR, read_caption_set
+from anima_probe.pipeline.vocabulary import (
+    VOCAB_FILE,
+    UntrainedTokens,
+    check_prompt_set,
+    checked_prompt_sets,
+    find_training_vocabulary,
+)
+from anima_probe.toyworld.captions import TOYWORLD_CAPTIONS
+from anima_probe.toyworld.train import (
+    DIT_FILE,
+    ToyConfig,
+    checkpoint_model_folder,
+    train_toy_world,
+    write_vocabulary,
+)
 
 
 def test_shipped_model_loads_and_samples_in_range():
@@ -43,6 +60,24 @@ def test_shortened_rebuild_is_deterministic_and_resumes_exactly(tmp_path):
     assert shipped.keys() == ema.keys() == raw.keys() and all(torch.equal(shipped[k], ema[k]) for k in shipped)
     assert any(not torch.equal(shipped[k], raw[k]) for k in shipped)
     assert load_anima(tmp_path / "raw", with_vae=False).dit_config.hidden == cfg.hidden  # loads as a model folder
+    # The trainer records the T5 ids of its 48 captions and the empty prompt, where a check finds them
+    vocab = find_training_vocabulary(load_anima(tmp_path / "a/model", with_vae=False))
+    assert vocab.captions == 49 and "captions(n=48, seed=0)" in vocab.source
+
+
+def test_shipped_training_vocabulary_regenerates_and_fits_the_toy_prompt_sets(tmp_path):
+    shipped = default_model_dir()
+    folder = shutil.copytree(shipped, tmp_path / "model", ignore=shutil.ignore_patterns("*.safetensors"))
+    (folder / VOCAB_FILE).unlink()
+    write_vocabulary(folder, ToyConfig(**json.loads((shipped / "toyworld.json").read_text())))
+    assert (folder / VOCAB_FILE).read_bytes() == (shipped / VOCAB_FILE).read_bytes()
+    anima = load_anima(shipped, with_vae=False)
+    sets, check = checked_prompt_sets(anima, None)  # the toy tier's own sets: every token trained
+    assert sets["files"]["content_types.csv"] == "data/manifests/toyworld/content_types.csv" and check.share == 0.0
+    captions = read_caption_set(TOYWORLD_CAPTIONS)  # pooling-nmi's caption set too
+    assert check_prompt_set(anima, [(r.id, r.caption) for r in captions]).share == 0.0
+    with pytest.raises(UntrainedTokens, match=r"^data/manifests/content_types\.csv:2: token '▁standing'"):
+        checked_prompt_sets(anima, str(MANIFEST_DIR))  # the Anima-style sets are refused on this tier
 
 
 def test_training_profiles_build_the_shipped_architecture():

@@ -59,7 +59,7 @@ def test_an_unwritable_cache_is_skipped_with_one_warning(tmp_path, monkeypatch, 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("ANIMA_PROBE_CACHE", str(blocker / "cache"))
-    argv = ["run", "pooling-nmi", f"manifest={captions}", "kmeans_seeds=1", "n_init=1", "n_boot=2", "n_perm=2",
+    argv = ["run", "pooling-nmi", f"manifest={captions}", "kmeans_seeds=1", "n_init=1", "n_half=2", "n_perm=2",
             "--model", twin, "--results", tmp_path / "runs", "--quiet"]
     assert main([str(a) for a in argv]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
@@ -94,7 +94,7 @@ def test_ctrl_c_during_a_run_is_one_line_exit_130_and_no_run_folder(fails, twin,
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runs, "atomic_write_text", ctrl_c)
-    err = fails(["run", "pooling-nmi", f"manifest={captions}", "kmeans_seeds=1", "n_init=1", "n_boot=2", "n_perm=2",
+    err = fails(["run", "pooling-nmi", f"manifest={captions}", "kmeans_seeds=1", "n_init=1", "n_half=2", "n_perm=2",
                  "--model", twin, "--quiet"], code=130)
     assert err == "anima-probe run: interrupted; nothing half-written was kept"
     assert tree(workdir / "results") == set()

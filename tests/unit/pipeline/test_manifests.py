@@ -10,15 +10,17 @@ import pytest
 
 from anima_probe.pipeline.manifests import (
     MANIFEST_DIR,
+    TOY_MANIFEST_DIR,
     CaptionRow,
     build_caption_set,
     load_prompt_sets,
-    random_tag_pairs,
+    prompt_rows,
     read_caption_set,
     split_tags,
     write_caption_set,
 )
 from anima_probe.pipeline.provenance import REPO_ROOT
+from anima_probe.toyworld.world import ARTISTS, CONTENT_TAGS
 
 PROPOSAL_POS = "absurdres, highres, masterpiece, best quality, score_7, score_8, score_9"
 PROPOSAL_NEG = "worst quality, low quality, score_1, score_2, score_3"
@@ -78,19 +80,40 @@ def test_load_prompt_sets_explicit_path_and_errors(tmp_path):
         load_prompt_sets(tmp_path / "nope")
     for name in ("guidance_prompts.json", "content_types.csv", "tag_sets.json"):
         (tmp_path / name).write_bytes((MANIFEST_DIR / name).read_bytes())
-    assert load_prompt_sets(tmp_path) == load_prompt_sets()
+    copy, shipped = load_prompt_sets(tmp_path), load_prompt_sets()
+    assert (copy["guidance"], copy["tag_sets"]) == (shipped["guidance"], shipped["tag_sets"])
+    assert [r["prompt"] for r in copy["content_types"]] == [r["prompt"] for r in shipped["content_types"]]
+    assert copy["content_types"][2]["where"] == f"{(tmp_path / 'content_types.csv').resolve()}:4"  # header is line 1
     (tmp_path / "tag_sets.json").write_text(json.dumps({"quality": {}, "resolution": {}}))
     with pytest.raises(ValueError, match="tag_sets.json: missing key 'neutral'"):
         load_prompt_sets(tmp_path)
 
 
-def test_random_tag_pairs_are_distinct_ordered_and_reproducible():
-    pool = ["a", "b", "c", "d"]
-    pairs = random_tag_pairs(pool, 12, seed=3)
-    assert len(set(pairs)) == 12 and all(a != b for a, b in pairs)  # all 4*3 ordered pairs
-    assert random_tag_pairs(pool, 5, seed=1) == random_tag_pairs(pool, 5, seed=1)
-    with pytest.raises(ValueError, match="only 12"):
-        random_tag_pairs(pool, 13)
+def test_toy_prompt_sets_are_the_toy_worlds_own_tags_and_share_the_proposals_p_plus_p_minus():
+    toy, anima = load_prompt_sets(TOY_MANIFEST_DIR), load_prompt_sets()
+    assert toy["files"] == {"guidance_prompts.json": "data/manifests/guidance_prompts.json",
+                            "content_types.csv": "data/manifests/toyworld/content_types.csv",
+                            "tag_sets.json": "data/manifests/toyworld/tag_sets.json"}  # p+ / p- kept in one file
+    assert toy["guidance"] == anima["guidance"]
+    assert [(r["name"], r["label"]) for r in toy["content_types"]] == [(r["name"], r["label"])
+                                                                       for r in anima["content_types"]]
+    assert [r["prompt"] for r in toy["content_types"]] == [", ".join(CONTENT_TAGS[r["label"]])
+                                                           for r in toy["content_types"]]
+    tags = toy["tag_sets"]
+    assert (tags["quality"], tags["resolution"]) == (anima["tag_sets"]["quality"], anima["tag_sets"]["resolution"])
+    assert tags["neutral"] == list(ARTISTS)  # trained tags with no quality, resolution or content meaning
+    content = {t for r in toy["content_types"] for t in split_tags(r["prompt"])}
+    assert not set(tags["neutral"]) & content
+
+
+def test_prompt_rows_name_the_file_and_row_of_every_prompt_and_tag():
+    sets = load_prompt_sets(TOY_MANIFEST_DIR)
+    rows = dict(prompt_rows(sets))
+    assert rows["data/manifests/guidance_prompts.json: positive"] == sets["guidance"]["positive"]
+    assert rows["data/manifests/toyworld/content_types.csv:3"] == "multiple girls, group"
+    assert rows["data/manifests/toyworld/tag_sets.json: neutral[11]"] == "@gin_tetsu"
+    assert rows["data/manifests/toyworld/tag_sets.json: resolution.negative[0]"] == "lowres"
+    assert len(rows) == 2 + 8 + 5 + 5 + 2 + 1 + 12
 
 
 # ---------------------------------------------------------------- caption sets

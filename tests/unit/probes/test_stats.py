@@ -11,13 +11,21 @@ import torch
 from anima_probe.probes.stats import (
     ClusterScore,
     bootstrap_ci,
+    cluster_bca,
     cosine_matrix,
     empirical_p,
+    half_sample_se,
+    holm,
     kmeans_nmi,
+    mde,
+    nmi,
+    normal_ci,
     null_quantiles,
+    null_summary,
     pairwise_cosines,
     permutation_null,
     spearman,
+    swap_null,
 )
 
 
@@ -157,16 +165,83 @@ def test_fast_nmi_equals_sklearn_including_limit_cases():
         assert nmi(x, y) == pytest.approx(normalized_mutual_info_score(x, y), abs=1e-12)
 
 
-def test_permutation_null_reuses_a_given_partition_exactly():
-    from anima_probe.probes.stats import kmeans_nmi, permutation_null
-
+def test_permutation_null_averages_one_shuffle_over_the_statistics_partitions():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 4)) + np.repeat(np.eye(4)[:3] * 6, 20, axis=0)
     labels = np.repeat([0, 1, 2], 20)
     score = kmeans_nmi(X, labels, seeds=(3, 4))
     assert len(score.partitions) == 2 and score.partitions[0].shape == (60,)
-    refit = permutation_null(X, labels, n_perm=30, seed=3)
-    reused = permutation_null(X, labels, n_perm=30, seed=3, partition=score.partitions[0])
-    assert np.array_equal(refit, reused)
-    with pytest.raises(ValueError, match="partition has shape"):
-        permutation_null(X, labels, partition=score.partitions[0][:10])
+    null = permutation_null(X, labels, n_perm=30, seed=3, partitions=score.partitions)
+    # by hand: the same 30 shuffles, each scored against both partitions and averaged, as nmi_mean averages seeds
+    shuffle = np.random.default_rng(3)
+    by_hand = [np.mean([nmi(perm, p) for p in score.partitions]) for perm in (shuffle.permutation(labels)
+                                                                          for _ in range(30))]
+    assert null == pytest.approx(by_hand, abs=1e-12)
+    assert np.array_equal(permutation_null(X, labels, n_perm=30, seed=3, seeds=(3, 4)), null)  # fits the same seeds
+    with pytest.raises(ValueError, match="partitions must be non-empty"):
+        permutation_null(X, labels, partitions=[score.partitions[0][:10]])
+
+
+def test_holm_matches_the_textbook_definition_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): 4 x 0.005 = 0.02, 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, max(0.06, 1 x 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.4, 0.3]) == pytest.approx([0.9, 0.9, 0.9])  # 3 x 0.3, then max(0.9, 2 x 0.4), max(.., 0.5)
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # 2 x 0.6 = 1.2, capped at 1
+    assert holm([0.2]) == pytest.approx([0.2])  # one test: unchanged
+    assert holm([0.01, 0.01]) == pytest.approx([0.02, 0.02])  # ties
+
+
+def test_mde_is_z_alpha_plus_z_power_times_the_se():
+    assert mde(1.0) == pytest.approx(1.6448536 + 0.8416212, abs=1e-6)  # 2.49 at one-sided 0.05 and power 0.8
+    assert mde(0.1, alpha=0.025, power=0.9) == pytest.approx(0.1 * (1.9599640 + 1.2815516), abs=1e-6)
+    assert mde(0.0) == 0.0
+
+
+def test_bca_over_clusters_covers_a_known_mean_at_about_its_level():
+    rng = np.random.default_rng(0)
+    covered = [(ci.low <= 3.0 <= ci.high)
+               for ci in (cluster_bca((rng.normal(3.0, 1.0, 25),), lambda x, axis=-1: x.mean(axis), n_boot=999, seed=i)
+                          for i in range(200))]
+    assert 0.88 <= np.mean(covered) <= 0.99  # nominal 0.95; 200 datasets give +-0.03
+    constant = cluster_bca((np.full(8, 2.0),), lambda x, axis=-1: x.mean(axis))
+    assert (constant.value, constant.low, constant.high, constant.se) == (2.0, 2.0, 2.0, 0.0)
+    with pytest.raises(ValueError, match="at least 2 clusters"):
+        cluster_bca((np.ones(1),), lambda x, axis=-1: x.mean(axis))
+
+
+def test_half_sample_se_of_a_mean_is_the_textbook_se():
+    x = np.random.default_rng(1).normal(0.0, 2.0, 80)
+    se = half_sample_se(lambda idx: x[idx].mean(), len(x), n_sub=2000, seed=0)
+    assert se == pytest.approx(x.std(ddof=1) / np.sqrt(len(x)), rel=0.06)
+    odd = np.random.default_rng(2).normal(0.0, 1.0, 81)  # kept 40, deleted 41: factor sqrt(40 / 41)
+    assert half_sample_se(lambda idx: odd[idx].mean(), 81, n_sub=2000) == pytest.approx(
+        odd.std(ddof=1) / 9, rel=0.06)
+    assert normal_ci(0.5, 0.1, 0.95, bounds=(0.0, 0.6)) == pytest.approx((0.5 - 0.195996, 0.6), abs=1e-6)
+    with pytest.raises(ValueError, match="half-sampling needs"):
+        half_sample_se(lambda idx: 0.0, 3)
+
+
+def test_swap_null_is_exact_finds_a_planted_difference_and_not_a_copy():
+    rng = np.random.default_rng(0)
+    b = rng.uniform(1, 2, 8)
+
+    def ratio(x, y):
+        return x.mean() / y.mean()
+
+    planted = swap_null(2 * b, b, ratio)
+    assert planted.shape == (256,) and planted[0] == pytest.approx(2.0)  # pattern 0 is the identity
+    assert null_summary(2.0, planted, exact=True)["p"] == pytest.approx(1 / 256)  # only the identity reaches 2
+    copy = b * rng.uniform(0.9, 1.1, 8)  # the same point measured twice: no difference to find
+    assert null_summary(ratio(copy, b), swap_null(copy, b, ratio), exact=True)["p"] > 0.05
+    with pytest.raises(ValueError, match="paired arrays"):
+        swap_null(np.ones(3), np.ones(4), ratio)
+
+
+def test_null_summary_p_mde_and_two_sided():
+    null = np.arange(99.0)
+    s = null_summary(200.0, null)
+    assert s["p"] == pytest.approx(1 / 100) and s["null_q50"] == pytest.approx(49.0)
+    assert s["mde"] == pytest.approx(mde(null.std(ddof=1)))
+    assert null_summary(-1.0, null, two_sided=True)["p"] == pytest.approx(2 / 100)
+    assert null_summary(49.0, null, two_sided=True)["p"] == 1.0
+    assert null_summary(98.0, null, exact=True)["p"] == pytest.approx(1 / 99)  # no +1: the identity is in the null

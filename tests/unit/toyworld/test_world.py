@@ -16,6 +16,7 @@ from anima_probe.toyworld.world import (
     QUALITY_LEVELS,
     RESOLUTION_TAGS,
     caption_for,
+    captions,
     degradation_strength,
     generate,
     read_manifest,
@@ -155,3 +156,8 @@ def test_read_manifest_names_the_bad_line(tmp_path):
     path.write_text("id,caption\nx,y\n")
     with pytest.raises(ValueError, match="header"):
         read_manifest(path)
+
+
+def test_captions_are_generates_captions_without_pixels():
+    assert captions(30, 7) == [t.caption for t in generate(30, 7)]
+    assert captions(10, 7) == captions(30, 7)[:10]  # item i depends only on (seed, i)
