@@ -143,7 +143,7 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
 
 
 EXPERIMENT = Experiment(
-    name="guidance-dose", version="1", config=GuidanceDoseConfig, fn=guidance_dose, needs_dit=True,
+    name="guidance-dose", version="2", config=GuidanceDoseConfig, fn=guidance_dose, needs_dit=True,
     needs_images=True,
     question="Does modulation guidance with the proposal's quality p+/p- raise the toy quality score with its weight, "
     "at every CFG scale, and is w = 0 exactly the base model?")

@@ -4,6 +4,10 @@ The model is prompted with every artist x content pair; factor classifiers fitte
 (a seed the model never trained on) name the artist and content of each sample, and the hand-made quality scorer
 rates paired samples whose prompts differ only by the proposal's p+ / p- quality prefix. Accuracy far above chance
 and p+ beating p- in (nearly) every pair is the evidence that the toy world is a fair stand-in for the real model.
+The scorer's own credentials come with it (``scorer.validity``: held-out Spearman, destroyed images at the floor,
+and the share of this model's samples the scorer can read). ``projection=FILE`` samples a model with its own pooled
+modulation path (the positive control, ``toyworld/positive_control.py``): its base ``P(pool(prompt))`` is added on
+every block, ``P(pool(""))`` on the uncond row, as the model was trained.
 
 Run: ``anima-probe run toyworld-evidence``; the report (reports/toyworld.md) comes from
 notebooks/toyworld-evidence.ipynb via ``anima-probe report``.
@@ -11,16 +15,17 @@ notebooks/toyworld-evidence.ipynb via ``anima-probe report``.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from anima_probe.guidance.guided import sample_prompts
 from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.figures import new_figure
+from anima_probe.toyworld import positive_control as pc
 from anima_probe.toyworld.classifier import chance_level, fit_factor_classifier
-from anima_probe.toyworld.scorer import quality_score
+from anima_probe.toyworld.scorer import in_range, quality_score, validity
 from anima_probe.toyworld.world import ARTISTS, CONTENT_TAGS, CONTENT_TYPES, generate
 
 P_PLUS = "absurdres, highres, masterpiece, best quality, score_7, score_8, score_9"
@@ -39,6 +44,7 @@ class ToyworldEvidenceConfig:
     artists: int = 12  # the first n artists (fewer: a quicker, coarser check)
     p_plus: str = P_PLUS  # the quality prefixes compared on paired samples
     p_minus: str = P_MINUS
+    projection: str = "none"  # the model's own pooled_text_proj (positive control); none: a model without one
 
 
 def _grid_figure(samples: np.ndarray, rows: int, cols: int):
@@ -70,14 +76,6 @@ def _pairs_figure(plus: np.ndarray, minus: np.ndarray, plus_scores: np.ndarray, 
     return fig
 
 
-def _pairs_csv(base: list[str], plus: np.ndarray, minus: np.ndarray) -> str:
-    buf = io.StringIO()
-    buf.write("prompt,score_plus,score_minus\n")
-    for prompt, p, m in zip(base, plus, minus, strict=True):
-        buf.write(f"\"{prompt}\",{p:.6f},{m:.6f}\n")
-    return buf.getvalue()
-
-
 def evidence(ctx: Context, cfg: ToyworldEvidenceConfig) -> Result:
     if not 2 <= cfg.artists <= len(ARTISTS):
         raise ValueError(f"artists must be in 2..{len(ARTISTS)}, got {cfg.artists}")
@@ -85,15 +83,21 @@ def evidence(ctx: Context, cfg: ToyworldEvidenceConfig) -> Result:
     images = np.stack([w.image for w in train])  # (N, H, W, 3)
     artist_clf = fit_factor_classifier(images, [w.artist for w in train], seed=0)
     content_clf = fit_factor_classifier(images, [w.content for w in train], seed=0)
+    proj = pc.load_projection(cfg.projection, ctx.anima)
     grid = [(a, c) for a in ARTISTS[: cfg.artists] for c in CONTENT_TYPES]
     prompts = [f"score_8, {', '.join(CONTENT_TAGS[c])}, {a}" for a, c in grid]
-    draw = dict(steps=cfg.steps, cfg=cfg.cfg, size=cfg.size, progress=ctx.progress)
+    def rows(tc):  # the positive control's own pooled path: P(pool(row)) on each row, the uncond row P(pool(""))
+        pooled = pc.pooled_input(tc.crossattn_emb, tc.t5_mask)  # (N + 1, Dt)
+        return lambda uncond: pc.pooled_injection(ctx.anima, proj, pooled[-1:] if uncond else pooled[:-1])
+
+    draw = dict(steps=cfg.steps, cfg=cfg.cfg, size=cfg.size, progress=ctx.progress,
+                row_context=None if proj is None else rows)
     samples = sample_prompts(ctx.anima, prompts, cfg.seed, **draw)
     base = [f"{', '.join(CONTENT_TAGS[c])}, {a}" for a, c in grid[:: cfg.pair_every]]
     plus_images = sample_prompts(ctx.anima, [f"{cfg.p_plus}, {b}" for b in base], cfg.seed + 1, **draw)
     minus_images = sample_prompts(ctx.anima, [f"{cfg.p_minus}, {b}" for b in base], cfg.seed + 1, **draw)
+    scorer_metrics, scorer_table = validity()
     plus, minus = quality_score(plus_images), quality_score(minus_images)
-    gap = plus - minus
     metrics = {
         "accuracy/artist": artist_clf.accuracy(samples, [a for a, _ in grid]),
         "accuracy/content": content_clf.accuracy(samples, [c for _, c in grid]),
@@ -102,22 +106,25 @@ def evidence(ctx: Context, cfg: ToyworldEvidenceConfig) -> Result:
         "chance/content": chance_level([c for _, c in grid]),
         "quality/p_plus_mean": float(plus.mean()),
         "quality/p_minus_mean": float(minus.mean()),
-        "quality/gap_mean": float(gap.mean()),
-        "quality/p_plus_wins": float((gap > 0).mean()),
+        "quality/gap_mean": float((plus - minus).mean()),
+        "quality/p_plus_wins": float((plus > minus).mean()),
+        "scorer/samples_in_range": float(in_range(np.concatenate([samples, plus_images, minus_images])).mean()),
+        **scorer_metrics,
     }
-    lower = {"chance/artist", "chance/content", "quality/p_minus_mean"}
+    lower = {"chance/artist", "chance/content", "quality/p_minus_mean"} | {k for k in metrics if "/ood_" in k}
     return Result(
         metrics=metrics,
         higher_is_better={k: k not in lower for k in metrics},
         figures={"grid": _grid_figure(samples, cfg.artists, len(CONTENT_TYPES)),
                  "pairs": _pairs_figure(plus_images, minus_images, plus, minus)},
-        tables={"quality_pairs.csv": _pairs_csv(base, plus, minus)},
+        tables={"quality_pairs.csv": pd.DataFrame({"prompt": base, "score_plus": plus, "score_minus": minus}).to_csv(
+                    index=False, float_format="%.6f"), "scorer_validity.csv": scorer_table},
     )
 
 
 EXPERIMENT = Experiment(
     name="toyworld-evidence",
-    version="1",
+    version="2",
     question="Did the tiny Anima learn its world: are samples recognised by artist and content, and does the "
     "p+ quality prefix beat p-?",
     config=ToyworldEvidenceConfig,

@@ -115,7 +115,8 @@ def build_parser() -> Parser:
     p.set_defaults(fn=commands.tiny)
     p = sub.add_parser("train-toy", help="train the tiny toy-world Anima from scratch (resumable)")
     p.add_argument("out_dir", help="run/ (checkpoints, loss.csv) and model/ (the model folder) go here")
-    p.add_argument("--profile", default="cpu", choices=["cpu", "gpu"], help="training budget (see toyworld/train.py)")
+    p.add_argument("--profile", default="cpu", choices=["cpu", "gpu", "positive-control-cpu", "positive-control-gpu"],
+                   help="training budget; positive-control-*: with the pooled modulation path (toyworld/train.py)")
     p.add_argument("--device", default="cpu")
     p.add_argument("overrides", nargs="*", help="ToyConfig overrides key=value, e.g. steps=200")
     p.set_defaults(fn=commands.train_toy)

@@ -18,7 +18,7 @@ each row with its own vectors and its own CFG scale, from the same initial noise
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -32,6 +32,7 @@ from anima_probe.guidance.modulation import Modulation, build, inject
 from anima_probe.guidance.samplers import (
     SAMPLERS,
     STOCHASTIC,
+    cfg_combine,
     cfg_velocity,
     initial_noise,
     sample_euler,
@@ -215,14 +216,28 @@ def sample_grid(anima, gp: GuidedPrompts, ws: Sequence[float | None], cfgs: Sequ
 
 @torch.no_grad()
 def sample_prompts(anima, prompts: Sequence[str], seed: int, *, steps: int = 20, cfg: float = 4.0,
-                   shift: float = 3.0, size: int = 32, negative: str = "", progress: bool = False) -> np.ndarray:
+                   shift: float = 3.0, size: int = 32, negative: str = "", progress: bool = False,
+                   row_context: Callable | None = None) -> np.ndarray:
     """Plain CFG samples of ``prompts`` (no modulation), Euler over the shift schedule, as (N, H, W, 3) in [0, 1].
 
     One noise draw per call (``initial_noise(seed)``), so two calls with the same seed and as many prompts pair
-    row r with row r (the p+/p- pairs of toyworld-evidence, base vs adapter in the 13th-artist evaluation)."""
+    row r with row r (the p+/p- pairs of toyworld-evidence, base vs adapter in the 13th-artist evaluation).
+    ``row_context`` (optional) is called once with the encoded prompts + negative and returns ``uncond -> a
+    context`` opened around the cond (False) and the uncond (True) forward: a model with its own pooled-text path
+    (the toy positive control) adds each row's vector there."""
     tc = encode_prompts(anima, list(prompts) + [negative])
     cond, uncond = tc.crossattn_emb[:-1], tc.crossattn_emb[-1:].expand(len(prompts), -1, -1)  # (N, 512, Dt)
-    velocity = cfg_velocity(anima.velocity, cond, uncond, cfg)
+    if row_context is None:
+        velocity = cfg_velocity(anima.velocity, cond, uncond, cfg)
+    else:
+        around = row_context(tc)
+
+        def velocity(x_t, s):  # the two rows under their own contexts, so two forwards
+            with around(False):
+                v_cond = anima.velocity(x_t, s, cond)
+            with around(True):
+                v_uncond = anima.velocity(x_t, s, uncond)
+            return cfg_combine(v_cond, v_uncond, cfg)
     x = initial_noise(anima, len(prompts), size, seed).to(anima.device, anima.dtype)  # (N, C, h, w)
     x0 = sample_euler(velocity, x, simple_sigmas(steps, shift), disable=not progress)
     return anima.decode(x0).float().permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)

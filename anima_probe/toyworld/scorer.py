@@ -14,8 +14,20 @@ Six hand-crafted measurements, each aimed at one planted degradation (see `world
 A ridge regression on the standardised measurements maps them to a score on the 1..9 quality scale; its
 coefficients are fitted once by `fit_scorer` and shipped in `scorer_weights.json`. The fit sees half of its
 images with faint Gaussian noise (sd up to `jitter_sd`), so it cannot lean on exact pixel values that a
-generative model would never reproduce. Measurements are clipped to a margin around their training range, so
-off-distribution images (a model's samples) get a bounded score.
+generative model would never reproduce.
+
+An honest floor. The ridge map is only valid where its measurements are in the range the world produces, and
+destroyed images (noise, stripes, flat colour, a model driven far out of range) land outside it, where a linear map
+can give them any score (uniform noise scored 3-4 and stripes 8-9 before the gate). `in_range` is the gate, fixed
+from the world's construction and the fit data before any guidance result was read; an image out of range scores
+`FLOOR`, the bottom of the 1..9 scale, and every in-range score is clipped to the scale:
+- noise: more than the world's worst planted noise (q = 1, sd 0.08): noise_flat above its training maximum plus
+  `NOISE_MARGIN` of its training range;
+- levels: fewer distinct 8-bit values per channel than any fit image (the coarsest planted banding leaves 6, and
+  no fit image has fewer than 3);
+- jointly: a Mahalanobis distance of the six measurements from the fit images' mean, under their covariance, above
+  `DISTANCE_FACTOR` x the largest distance of any fit image.
+Held-out toy images and the shipped model's samples pass it (measured in tests and in reports/toyworld.md).
 
 Known limitation, measured in tests: in the toy world all degradations grow together, so the fit need not
 separate them; noise and banding alone lower the score, but blur alone does not (it also removes texture
@@ -34,7 +46,10 @@ from scipy import ndimage
 
 FEATURE_NAMES: tuple[str, ...] = ("noise_flat", "sharpness", "lap_ratio", "edge_width", "blockiness", "levels")
 WEIGHTS_FILE = "scorer_weights.json"
-_CLIP_MARGIN = 0.25  # fraction of the training range a measurement may go beyond before it is clipped
+_CLIP_MARGIN = 0.25  # fraction of the training range an in-range measurement may go beyond before it is clipped
+FLOOR, CEILING = 1.0, 9.0  # the quality scale; out-of-range images score FLOOR
+NOISE_MARGIN = 0.1  # of noise_flat's training range: sensor-like slack above the world's worst noise
+DISTANCE_FACTOR = 1.5  # x the largest fit-image Mahalanobis distance: a wide joint envelope, the hard cases are above
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
@@ -119,6 +134,8 @@ class ScorerWeights:
     intercept: float
     alpha: float
     fitted_on: str  # the call that reproduces the fit, e.g. "fit_toyworld_scorer(n=1200, seed=1000, ...)"
+    precision: tuple[tuple[float, ...], ...]  # inverse covariance of the raw fit measurements (6, 6)
+    distance_max: float  # the largest Mahalanobis distance of a fit image from `mean`
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -135,8 +152,12 @@ class ScorerWeights:
             if len(d[key]) != k:
                 raise ValueError(f"{source}: {key} has {len(d[key])} values, expected {k}")
         vec = {key: tuple(float(v) for v in d[key]) for key in ("mean", "scale", "lo", "hi", "coef")}
+        precision = np.asarray(d["precision"], dtype=np.float64)
+        if precision.shape != (k, k):
+            raise ValueError(f"{source}: precision has shape {precision.shape}, expected ({k}, {k})")
         return cls(feature_names=FEATURE_NAMES, intercept=float(d["intercept"]), alpha=float(d["alpha"]),
-                   fitted_on=str(d["fitted_on"]), **vec)
+                   fitted_on=str(d["fitted_on"]), precision=tuple(map(tuple, precision.tolist())),
+                   distance_max=float(d["distance_max"]), **vec)
 
 
 def fit_scorer(images: np.ndarray, qualities, alpha: float = 1.0, jitter_sd: float = 0.005, seed: int = 0,
@@ -156,8 +177,16 @@ def fit_scorer(images: np.ndarray, qualities, alpha: float = 1.0, jitter_sd: flo
     scale = np.where(scale > 1e-12, scale, 1.0)  # a constant measurement carries no information, not a crash
     z = (f - mean) / scale  # (N, 6)
     coef = np.linalg.solve(z.T @ z + alpha * np.eye(z.shape[1]), z.T @ (y - y.mean()))  # (6,)
+    precision = np.linalg.pinv(np.cov(f, rowvar=False))  # (6, 6); pinv: a constant measurement is no error
     return ScorerWeights(FEATURE_NAMES, tuple(mean), tuple(scale), tuple(f.min(axis=0)), tuple(f.max(axis=0)),
-                         tuple(coef), float(y.mean()), float(alpha), fitted_on)
+                         tuple(coef), float(y.mean()), float(alpha), fitted_on, tuple(map(tuple, precision.tolist())),
+                         float(_distance(f, mean, precision).max()))
+
+
+def _distance(f: np.ndarray, mean, precision) -> np.ndarray:
+    """Mahalanobis distance of measurements (N, 6) from `mean`: (N,)."""
+    d = f - np.asarray(mean)  # (N, 6)
+    return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, np.asarray(precision), d), 0.0))
 
 
 def fit_toyworld_scorer(n: int = 1200, seed: int = 1000, size: int = 32, alpha: float = 1.0,
@@ -182,12 +211,68 @@ def load_scorer_weights() -> ScorerWeights:
     return ScorerWeights.from_dict(d, source=str(ref))
 
 
+def _in_range(f: np.ndarray, w: ScorerWeights) -> np.ndarray:
+    """(N,) bool for measurements (N, 6): the gate of the module docstring."""
+    lo, hi = np.asarray(w.lo), np.asarray(w.hi)
+    noise, levels = FEATURE_NAMES.index("noise_flat"), FEATURE_NAMES.index("levels")
+    quiet = f[:, noise] <= hi[noise] + NOISE_MARGIN * (hi[noise] - lo[noise])
+    banded_at_most = f[:, levels] >= lo[levels] - 1e-9  # lo is a log count: equality is the fewest levels seen
+    return quiet & banded_at_most & (_distance(f, w.mean, w.precision) <= DISTANCE_FACTOR * w.distance_max)
+
+
+def in_range(images: np.ndarray, weights: ScorerWeights | None = None) -> np.ndarray:
+    """(N,) bool: True where the scorer can read an image (N, H, W, 3); False ones score `FLOOR`."""
+    return _in_range(quality_features(images), weights if weights is not None else load_scorer_weights())
+
+
 def quality_score(images: np.ndarray, weights: ScorerWeights | None = None) -> np.ndarray:
-    """(N, H, W, 3) in [0, 1] -> (N,) score on the 1..9 quality scale, higher = better."""
+    """(N, H, W, 3) in [0, 1] -> (N,) score on the 1..9 quality scale, higher = better; `FLOOR` out of range."""
     w = weights if weights is not None else load_scorer_weights()
     f = quality_features(images)  # (N, 6)
     lo, hi = np.asarray(w.lo), np.asarray(w.hi)
     margin = _CLIP_MARGIN * (hi - lo)
-    f = np.clip(f, lo - margin, hi + margin)  # bounded score however strange the image
-    z = (f - np.asarray(w.mean)) / np.asarray(w.scale)  # (N, 6)
-    return z @ np.asarray(w.coef) + w.intercept
+    z = (np.clip(f, lo - margin, hi + margin) - np.asarray(w.mean)) / np.asarray(w.scale)  # (N, 6)
+    score = np.clip(z @ np.asarray(w.coef) + w.intercept, FLOOR, CEILING)
+    return np.where(_in_range(f, w), score, FLOOR)
+
+
+def reference_ood_images(n: int = 8, seed: int = 0, size: int = 32) -> dict[str, np.ndarray]:
+    """Known destroyed images, (n, size, size, 3) per kind, that must all score `FLOOR`: what a broken sampler
+    draws (noise, saturated speckle, stripes, checkerboards) and what carries no picture at all (flat colour)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size))
+    periods = [1 + k % 8 for k in range(n)]  # 1..8 px
+    two = rng.random((n, 2, 3))  # two random colours per image
+    stripes = [((xx if k % 2 else yy) // p) % 2 for k, p in enumerate(periods)]
+    checks = [((xx // p) + (yy // p)) % 2 for p in periods]
+    return {
+        "uniform noise": rng.random((n, size, size, 3)),
+        "gaussian noise": np.clip(0.5 + 0.25 * rng.standard_normal((n, size, size, 3)), 0, 1),
+        "saturated noise": (rng.random((n, size, size, 3)) > 0.5).astype(np.float64),
+        "flat colour": np.broadcast_to(rng.random((n, 1, 1, 3)), (n, size, size, 3)).copy(),
+        "stripes": np.stack([np.where(s[..., None] == 1, c[0], c[1]) for s, c in zip(stripes, two, strict=True)]),
+        "checkerboard": np.stack([np.where(s[..., None] == 1, c[0], c[1]) for s, c in zip(checks, two, strict=True)]),
+    }
+
+
+def validity(n: int = 1000, seed: int = 2000, ood_n: int = 8) -> tuple[dict[str, float], str]:
+    """The scorer's credentials: Spearman with planted quality and the in-range share on `n` held-out toy images
+    (a seed no fit used), and per destroyed kind (`reference_ood_images`) the in-range share and the highest score.
+    Returns (metrics, csv of the per-kind table)."""
+    from scipy.stats import spearmanr
+
+    from anima_probe.toyworld.world import generate  # local: the world is only needed here and to refit
+
+    toys = generate(n, seed)
+    images = np.stack([t.image for t in toys])
+    score = quality_score(images)
+    metrics = {"scorer/heldout_spearman": float(spearmanr(score, [t.quality for t in toys])[0]),
+               "scorer/heldout_in_range": float(in_range(images).mean())}
+    rows = ["kind,images,in_range,mean_score,max_score", f"held-out toy images (seed {seed}),{n},"
+            f"{metrics['scorer/heldout_in_range']:.4f},{score.mean():.4f},{score.max():.4f}"]
+    for kind, ood in reference_ood_images(ood_n).items():
+        s, ok = quality_score(ood), in_range(ood)
+        key = kind.replace(" ", "_")
+        metrics |= {f"scorer/ood_max/{key}": float(s.max()), f"scorer/ood_in_range/{key}": float(ok.mean())}
+        rows.append(f"{kind},{len(ood)},{ok.mean():.4f},{s.mean():.4f},{s.max():.4f}")
+    return metrics, "\n".join(rows) + "\n"

@@ -5,7 +5,9 @@ sigmoid(N(0, 1)) (logit-normal), sigma fed as the timestep, caption dropout to t
 encoder is random and frozen (as Anima's is frozen); the LLM adapter and the DiT train together. Pixel space: the
 DiT works on 32x32 RGB in [-1, 1] directly — a tiny VAE would itself need training and would blur exactly the planted
 degradations (noise, banding, blockiness) that the quality experiments must see. The result is written in the real
-file formats and layout, and loads through `load_anima(DIR)` like the real model.
+file formats and layout, and loads through `load_anima(DIR)` like the real model. With ``pooled_path`` the world is
+the positive control of issue 11 (a text-aware modulation path that carries quality by construction; see
+`toyworld.positive_control`), and its projection is written beside the model folder in the community format.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import copy
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +24,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from anima_probe.model.anima import _freeze, build_adapter, build_transformer, dit_velocity
+from anima_probe.guidance.sources import save_pooled_text_proj
+from anima_probe.model.anima import Anima, _freeze, build_adapter, build_transformer, dit_velocity
 from anima_probe.model.dit_file import AdapterConfig, DiTConfig
 from anima_probe.model.flow import add_noise, logit_normal_sigmas, velocity_target
-from anima_probe.model.text import crossattn, qwen_states, tokenize_prompts
+from anima_probe.model.text import PromptTokens, qwen_states, tokenize_prompts
 from anima_probe.model.tiny import dit_file_state, tiny_qwen3, write_dit_file, write_qwen3_file
 from anima_probe.model.tokenization import QWEN_DIR_NAME, T5_DIR_NAME, load_tokenizers, train_tiny_tokenizers
 from anima_probe.pipeline.vocabulary import write_training_vocabulary
+from anima_probe.toyworld import positive_control as pc
 from anima_probe.toyworld.world import captions, generate
 from anima_probe.training import loop as training
 
@@ -58,6 +62,13 @@ class ToyConfig:
     qwen_vocab: int = 512
     t5_vocab: int = 384
     bf16: bool = True  # autocast on CUDA only
+    pooled_path: bool = False  # the positive control: max-pooled crossattn_emb -> MLP -> + t_embedding_norm output
+    pooled_dropout: float = 0.1  # the path's own dropout to the empty prompt's pooled input
+    strip_quality: float = 0.0  # share of images whose quality tags live only in the pooled input
+
+    def __post_init__(self):
+        if self.strip_quality and not self.pooled_path:
+            raise ValueError("strip_quality > 0 needs pooled_path=True: the stripped tags would reach no input")
 
     def dit(self) -> DiTConfig:
         return DiTConfig(hidden=self.hidden, num_blocks=self.num_blocks, head_dim=self.head_dim,
@@ -75,25 +86,47 @@ class ToyConfig:
 # run). Its EMA decay is shorter: at 0.999 the average still holds 0.999^1200 = 30 % of the initial (identity)
 # weights at the last step, and a measured cpu run with it drew artists at 0.15 accuracy while its last raw weights
 # reached 0.91 (data/toyworld/README.md). At 0.995 the window is ~200 steps and the initial share 0.2 %.
+# The positive-control profiles train the same world with the pooled path and half of the quality tags moved out of
+# the cross-attention caption (toyworld/positive_control.py). A step costs up to ~1.15x a plain one (the adapter runs
+# again for rows whose pooled text differs; measured by benchmarks/positive_control_budget.py), so the cpu variant
+# takes 1,100 steps to stay inside the 45 minutes that 1,200 plain steps filled to 0.88.
+_POSITIVE = {"pooled_path": True, "strip_quality": 0.5}
 PROFILES = {
     "gpu": ToyConfig(steps=3500),
     "cpu": ToyConfig(steps=1200, batch_size=64, warmup=100, checkpoint_every=200, bf16=False, ema_decay=0.995),
 }
+PROFILES |= {"positive-control-gpu": replace(PROFILES["gpu"], **_POSITIVE),
+             "positive-control-cpu": replace(PROFILES["cpu"], steps=1100, **_POSITIVE)}
+
+
+@dataclass
+class _Data:
+    """The training set on the device: images, the frozen Qwen states of every text and which text is whose."""
+
+    x0: torch.Tensor  # (N, 3, H, W) in [-1, 1]
+    hidden: torch.Tensor  # (T, Lq, Dq) Qwen states of every text; the last row is the empty prompt
+    tok: PromptTokens  # T rows
+    text_row: torch.Tensor  # (N,) long: the text image i's cross-attention reads (its caption, or stripped)
+
+    @property
+    def empty(self) -> int:
+        return self.hidden.shape[0] - 1
 
 
 def _data(cfg: ToyConfig, model_dir: Path, device):
-    """Images, frozen Qwen states of every caption (+ the empty prompt, last row) and the tokenizers."""
+    """The data, the frozen Qwen3 and the T5 vocabulary size; tokenizers are trained on the full captions only."""
     world = generate(cfg.n_images, cfg.seed, cfg.image_size)
     captions = [w.caption for w in world]
+    texts, text_row = pc.training_texts(world, cfg.strip_quality, cfg.seed)  # captions, stripped ones, ""
     x0 = torch.from_numpy(np.stack([w.image for w in world])).permute(0, 3, 1, 2) * 2 - 1  # (N, 3, H, W)
     qdir, tdir = train_tiny_tokenizers(model_dir, captions, qwen_vocab=cfg.qwen_vocab, t5_vocab=cfg.t5_vocab,
                                        seed=cfg.seed)
     qtok, ttok = load_tokenizers(qdir, tdir)
     qwen = _freeze(tiny_qwen3(len(qtok), cfg.seed, cfg.qwen_dims()).to(device))
-    tok = tokenize_prompts(qtok, ttok, captions + [""]).to(device)
+    tok = tokenize_prompts(qtok, ttok, texts).to(device)
     with torch.no_grad():
-        hidden = torch.cat([qwen_states(qwen, tok[i : i + 1024]) for i in range(0, len(captions) + 1, 1024)])
-    return x0.to(device), hidden, tok, qwen, len(ttok)
+        hidden = torch.cat([qwen_states(qwen, tok[i : i + 1024]) for i in range(0, len(texts), 1024)])
+    return _Data(x0.to(device), hidden, tok, torch.from_numpy(text_row).to(device)), qwen, len(ttok)
 
 
 def _models(cfg: ToyConfig, t5_vocab: int, device):
@@ -115,22 +148,29 @@ def _models(cfg: ToyConfig, t5_vocab: int, device):
         for norm in (block.norm1, block.norm2, block.norm3):
             torch.nn.init.zeros_(norm.linear_2.weight)
     torch.nn.init.zeros_(transformer.proj_out.weight)
-    return transformer.train().requires_grad_(True), adapter.train().requires_grad_(True)
+    nets = {"transformer": transformer, "adapter": adapter}
+    if cfg.pooled_path:
+        nets["projection"] = pc.new_projection(cfg.hidden, cfg.text_dim, cfg.seed).to(device)
+    return {k: m.train().requires_grad_(True) for k, m in nets.items()}
 
 
-def _loss(cfg, transformer, adapter, x0, hidden, tok, step, device):
+def _loss(cfg, net: Anima, projection, data: _Data, step, device):
     g = training.step_generator(cfg.seed, step, device)
-    N = x0.shape[0]
-    idx = torch.randint(0, N, (cfg.batch_size,), generator=g, device=device)  # (B,)
+    idx = torch.randint(0, data.x0.shape[0], (cfg.batch_size,), generator=g, device=device)  # (B,)
     drop = torch.rand(cfg.batch_size, generator=g, device=device) < cfg.caption_dropout
-    text_idx = torch.where(drop, torch.full_like(idx, N), idx)  # row N is the empty prompt
+    text_idx = torch.where(drop, data.empty, data.text_row[idx])
     sigma = logit_normal_sigmas(cfg.batch_size, generator=g, device=device)  # (B,)
-    noise = torch.randn(x0[idx].shape, generator=g, device=device)  # (B, 3, H, W)
+    noise = torch.randn(data.x0[idx].shape, generator=g, device=device)  # (B, 3, H, W)
+    pool_idx = None
+    if projection is not None:  # drawn last, so the plain world's random stream is unchanged
+        pdrop = torch.rand(cfg.batch_size, generator=g, device=device) < cfg.pooled_dropout
+        pool_idx = torch.where(drop | pdrop, data.empty, idx)  # the pooled input is the full caption
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     with autocast:
-        ctx = crossattn(adapter, hidden[text_idx], tok[text_idx])  # (B, 512, D_text)
-        v = dit_velocity(transformer, add_noise(x0[idx], noise, sigma), sigma, ctx)
-    return F.mse_loss(v.float(), velocity_target(x0[idx], noise))
+        ctx, pooled = pc.conditioning(net.adapter, data.hidden, data.tok, text_idx, pool_idx)  # (B, 512, Dt)
+        with pc.pooled_injection(net, projection, pooled):
+            v = dit_velocity(net.transformer, add_noise(data.x0[idx], noise, sigma), sigma, ctx)
+    return F.mse_loss(v.float(), velocity_target(data.x0[idx], noise))
 
 
 def train_toy_world(out_dir: Path, cfg: ToyConfig = ToyConfig(), device: str = "cpu", progress: bool = True) -> Path:
@@ -139,20 +179,21 @@ def train_toy_world(out_dir: Path, cfg: ToyConfig = ToyConfig(), device: str = "
     run, model_dir = out_dir / "run", out_dir / "model"
     run.mkdir(parents=True, exist_ok=True)
     ckpt_path = run / "checkpoint.pt"
-    x0, hidden, tok, qwen, t5_vocab = _data(cfg, model_dir, device)
-    transformer, adapter = _models(cfg, t5_vocab, device)
-    ema = [copy.deepcopy(m).requires_grad_(False) for m in (transformer, adapter)]
-    params = [p for m in (transformer, adapter) for p in m.parameters()]
+    data, qwen, t5_vocab = _data(cfg, model_dir, device)
+    nets = _models(cfg, t5_vocab, device)
+    ema = {k: copy.deepcopy(m).requires_grad_(False) for k, m in nets.items()}
+    params = [p for m in nets.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if (state := training.load_checkpoint(ckpt_path, device)) is not None:
         if state["config"] != asdict(cfg):
             raise ValueError(f"{ckpt_path}: written for another config; use a new output folder or the same config")
-        for m, key in ((transformer, "transformer"), (adapter, "adapter"), (ema[0], "ema_transformer"),
-                       (ema[1], "ema_adapter")):
-            m.load_state_dict(state[key])
+        for k in nets:
+            nets[k].load_state_dict(state[k])
+            ema[k].load_state_dict(state["ema_" + k])
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
+    net = Anima(nets["transformer"], nets["adapter"], cfg.dit())  # what the injection hooks resolve against
     log = training.CSVLog(run / "loss.csv", ["step", "loss", "lr", "seconds"], resume_step=start)
     t0 = time.time()
     for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train toy world",
@@ -160,26 +201,26 @@ def train_toy_world(out_dir: Path, cfg: ToyConfig = ToyConfig(), device: str = "
         lr = cfg.lr * training.warmup_cosine(step, cfg.steps, cfg.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = _loss(cfg, transformer, adapter, x0, hidden, tok, step, device)
+        loss = _loss(cfg, net, nets.get("projection"), data, step, device)
         training.check_finite(loss, step, ckpt_path)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        training.ema_update(ema[0], transformer, cfg.ema_decay)
-        training.ema_update(ema[1], adapter, cfg.ema_decay)
+        for k in nets:
+            training.ema_update(ema[k], nets[k], cfg.ema_decay)
         log.write(step=step, loss=f"{loss.item():.6f}", lr=f"{lr:.3e}", seconds=f"{time.time() - t0:.2f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             training.save_checkpoint(ckpt_path, {
-                "config": asdict(cfg), "step": step + 1, "transformer": transformer.state_dict(),
-                "adapter": adapter.state_dict(), "ema_transformer": ema[0].state_dict(),
-                "ema_adapter": ema[1].state_dict(), "optimizer": opt.state_dict()})
-    return save_model_folder(model_dir, ema[0], ema[1], cfg, qwen)
+                "config": asdict(cfg), "step": step + 1, **{k: m.state_dict() for k, m in nets.items()},
+                **{"ema_" + k: m.state_dict() for k, m in ema.items()}, "optimizer": opt.state_dict()})
+    return save_model_folder(model_dir, ema, cfg, qwen)
 
 
-def save_model_folder(model_dir: Path, transformer, adapter, cfg: ToyConfig, qwen) -> Path:
-    """The trained EMA weights in the published layout and dtype (bf16 DiT single file, `net.` prefix) + Qwen3."""
-    _write_dit(model_dir, transformer, adapter, cfg)
+def save_model_folder(model_dir: Path, nets: dict, cfg: ToyConfig, qwen) -> Path:
+    """The trained EMA weights in the published layout and dtype (bf16 DiT single file, `net.` prefix) + Qwen3, and
+    for the positive control its projection in the community format (`positive_control.PROJECTION_FILE`)."""
+    _write_dit(model_dir, nets, cfg)
     write_qwen3_file(model_dir / TEXT_ENCODER_FILE, qwen.cpu())
     (model_dir / "toyworld.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     write_vocabulary(model_dir, cfg)
@@ -206,18 +247,20 @@ def checkpoint_model_folder(out_dir: Path, model_dir: Path, ema: bool = True) ->
     if (state := training.load_checkpoint(ckpt)) is None:
         raise FileNotFoundError(f"{ckpt}: no checkpoint; train into {out_dir} first (anima-probe train-toy)")
     cfg = ToyConfig(**state["config"])
-    transformer, adapter = _models(cfg, state["adapter"]["embed.weight"].shape[0], torch.device("cpu"))
-    prefix = "ema_" if ema else ""
-    transformer.load_state_dict(state[prefix + "transformer"])
-    adapter.load_state_dict(state[prefix + "adapter"])
+    nets = _models(cfg, state["adapter"]["embed.weight"].shape[0], torch.device("cpu"))
+    for k, m in nets.items():
+        m.load_state_dict(state[("ema_" if ema else "") + k])
     shutil.copytree(out_dir / "model", model_dir, dirs_exist_ok=True)
-    _write_dit(model_dir, transformer, adapter, cfg)
+    _write_dit(model_dir, nets, cfg)
     return model_dir
 
 
-def _write_dit(model_dir: Path, transformer, adapter, cfg: ToyConfig) -> None:
-    state = {k: v.to(torch.bfloat16).cpu() for k, v in dit_file_state(transformer, adapter, cfg.dit()).items()}
+def _write_dit(model_dir: Path, nets: dict, cfg: ToyConfig) -> None:
+    state = dit_file_state(nets["transformer"], nets["adapter"], cfg.dit())
+    state = {k: v.to(torch.bfloat16).cpu() for k, v in state.items()}
     write_dit_file(model_dir / DIT_FILE, state, "net.", {"format": "anima-toyworld", "config": json.dumps(asdict(cfg))})
+    if "projection" in nets:  # the DiT file has no key for it (Anima has no such path): the community's own file
+        save_pooled_text_proj(nets["projection"], model_dir / pc.PROJECTION_FILE)
 
 
 if __name__ == "__main__":

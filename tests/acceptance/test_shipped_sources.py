@@ -3,6 +3,7 @@ they were trained for: bring the empty-prompt student closer to the teacher on u
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from anima_probe.guidance.sources import load_cosmos_pooled_adapter, load_pooled_text_proj
@@ -35,3 +36,29 @@ def test_shipped_toy_sources_beat_the_empty_prompt_on_unseen_images(family, tmp_
     trained = validate(anima, Student(source, anima.num_blocks), data, val, acc)["val_loss"]
     assert trained < 0.95 * validate(anima, None, data, val, acc, source=False)["val_loss"]
 
+
+
+def test_the_destroyed_w8_guidance_images_score_at_the_floor():
+    """guidance-dose's default grid at w = 8 (reports/figures/guidance_grid_*.png: noise and stripes) for both
+    shipped sources: every image is out of the scorer's range and scores its floor, not the 3-4 it used to."""
+    from anima_probe.guidance import families, guided
+    from anima_probe.guidance.dose import toy_prompts
+    from anima_probe.guidance.samplers import initial_noise
+    from anima_probe.pipeline.manifests import load_prompt_sets
+    from anima_probe.pipeline.provenance import REPO_ROOT
+    from anima_probe.toyworld.scorer import FLOOR, in_range, quality_score
+
+    anima = load_anima(with_vae=False)
+    pair = load_prompt_sets()["guidance"]
+    prompts = toy_prompts(4) * 2
+    noise = initial_noise(anima, len(prompts), 32, 0)
+    clip = load_clip(REPO_ROOT / "data/toyworld/model/clip")
+    for name in ("pooled_text_proj", "cosmos_pooled_adapter"):
+        source = families.load_source(REPO_ROOT / f"data/toyworld/{name}.safetensors", anima)
+        gp = guided.prepare(anima, source, prompts, pair["positive"], pair["negative"],
+                            clip=clip if name == "cosmos_pooled_adapter" else None)
+        cells = [guided.Cell(guided.Guidance(8.0), cfg) for cfg in (1.0, 3.0, 5.0)]
+        x = guided.sample_cells(anima, gp, cells, noise, steps=8, shift=3.0)
+        images = anima.decode(x.flatten(0, 1)).permute(0, 2, 3, 1).numpy()  # (3 * 8, 32, 32, 3)
+        assert not in_range(images).any(), name
+        assert np.all(quality_score(images) == FLOOR), name

@@ -89,7 +89,22 @@ def test_training_profiles_build_the_shipped_architecture():
             "image_size", "n_images", "seed")
     for name, cfg in PROFILES.items():
         assert {k: asdict(cfg)[k] for k in arch} == {k: shipped[k] for k in arch}, name
-    assert asdict(PROFILES["gpu"]) == shipped  # the shipped model is exactly the gpu profile
+    assert PROFILES["gpu"] == ToyConfig(**shipped)  # the shipped model is exactly the gpu profile (later keys default)
+
+
+def test_train_toy_cli_offers_every_profile(tmp_path, capsys):
+    import re
+
+    import pytest
+
+    from anima_probe.cli import main
+    from anima_probe.toyworld.train import PROFILES
+
+    with pytest.raises(SystemExit):
+        main(["train-toy", str(tmp_path / "out"), "--profile", "nope"])
+    offered = re.search(r"choose from (.*)\)", capsys.readouterr().err).group(1)
+    assert sorted(re.findall(r"'([\w-]+)'", offered)) == sorted(PROFILES)
+    assert not (tmp_path / "out").exists()
 
 
 def test_train_toy_cli_refuses_unknown_overrides(tmp_path, capsys):

@@ -1,0 +1,57 @@
+"""The positive control's known answer is built into its data: quality tags leave the cross-attention caption on
+exactly the chosen half of the images and stay in the pooled input everywhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anima_probe.toyworld.positive_control import strip_quality_tags, stripped_rows, training_texts
+from anima_probe.toyworld.world import generate, quality_tags
+
+
+def _tags(caption: str) -> list[str]:
+    return [t.strip() for t in caption.split(",")]
+
+
+@pytest.mark.parametrize(("caption", "quality", "expected"), [
+    ("absurdres, masterpiece, best quality, score_9, @kiri_ama, mecha, robot, no humans", 9,
+     "absurdres, @kiri_ama, mecha, robot, no humans"),
+    ("low quality, score_1, worst quality, lowres, @aoi_mizu, scenery, landscape, no humans", 1,
+     "lowres, @aoi_mizu, scenery, landscape, no humans"),
+    ("score_4, 1girl, solo, @akane_iro", 4, "1girl, solo, @akane_iro"),
+])
+def test_quality_tags_leave_and_everything_else_keeps_its_place(caption, quality, expected):
+    assert strip_quality_tags(caption, quality) == expected
+
+
+def test_a_caption_without_its_quality_tags_is_an_error_not_a_silent_no_op():
+    with pytest.raises(ValueError, match=r"lacks quality tag\(s\) \['score_9'\] of quality 9"):
+        strip_quality_tags("masterpiece, best quality, 1girl, solo, @kiri_ama", 9)
+
+
+def test_exactly_the_chosen_half_and_a_function_of_the_seed():
+    mask = stripped_rows(1001, 0.5, seed=0)
+    assert mask.dtype == bool and mask.sum() == 500  # round(0.5 * 1001): exact, not a Bernoulli draw
+    assert np.array_equal(mask, stripped_rows(1001, 0.5, seed=0))
+    assert not np.array_equal(mask, stripped_rows(1001, 0.5, seed=1))
+    assert stripped_rows(10, 0.0, 0).sum() == 0 and stripped_rows(10, 1.0, 0).sum() == 10
+    with pytest.raises(ValueError, match=r"strip fraction must be in \[0, 1\], got 1.5"):
+        stripped_rows(10, 1.5, 0)
+
+
+def test_cross_attention_lacks_the_tags_on_the_chosen_half_and_the_pooled_text_keeps_them():
+    world = generate(60, seed=3)
+    texts, rows = training_texts(world, 0.5, seed=0)
+    mask = stripped_rows(60, 0.5, seed=0)
+    assert texts[-1] == "" and len(texts) == 60 + 30 + 1  # full captions, the stripped half, the empty prompt
+    for i, w in enumerate(world):
+        quality = set(quality_tags(w.quality))
+        assert texts[i] == w.caption and quality <= set(_tags(texts[i]))  # row i: the pooled input, always full
+        cross = _tags(texts[rows[i]])
+        if mask[i]:
+            assert rows[i] >= 60 and not quality & set(cross)
+            assert cross == [t for t in _tags(w.caption) if t not in quality]
+        else:
+            assert rows[i] == i
+    assert (rows >= 60).sum() == 30
