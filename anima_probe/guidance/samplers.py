@@ -171,6 +171,16 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     return torch.randn(x.shape, generator=generator, dtype=torch.float32, device=device).to(x)
 
 
+def _denoised(velocity_fn: VelocityFn, x: torch.Tensor, i: int, s: float, t: float, callback) -> torch.Tensor:
+    """The data prediction x - s v at step i (hook captures inside carry the step), reported to ``callback``; the
+    prologue every multistep / stochastic sampler here shares."""
+    with sampler_step(i):
+        denoised = x - s * velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
+    if callback is not None:
+        callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
+    return denoised
+
+
 @torch.no_grad()
 def sample_er_sde(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, generator: torch.Generator | None = None,
                   callback=None, disable: bool | None = None, s_noise: float = 1.0,
@@ -191,10 +201,7 @@ def sample_er_sde(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, generator: t
     ds: list[torch.Tensor] = []
     for i in trange(len(sig) - 1, disable=disable):
         s, t = sig[i], sig[i + 1]
-        with sampler_step(i):  # hook captures inside carry the step
-            denoised = x - s * velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
-        if callback is not None:
-            callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
+        denoised = _denoised(velocity_fn, x, i, s, t, callback)  # (B, ...)
         if t == 0.0:
             x = denoised
             continue
@@ -245,10 +252,7 @@ def sample_euler_ancestral(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, gen
     sig = _check_sigmas(sigmas)
     for i in trange(len(sig) - 1, disable=disable):
         s, t = sig[i], sig[i + 1]
-        with sampler_step(i):  # hook captures inside carry the step
-            denoised = x - s * velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
-        if callback is not None:
-            callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
+        denoised = _denoised(velocity_fn, x, i, s, t, callback)  # (B, ...)
         if t == 0.0:
             x = denoised
             continue
@@ -276,10 +280,7 @@ def sample_dpmpp_2m_sde(velocity_fn: VelocityFn, x: torch.Tensor, sigmas, genera
     d_prev, h_prev = None, None
     for i in trange(len(sig) - 1, disable=disable):
         s, t = sig[i], sig[i + 1]
-        with sampler_step(i):  # hook captures inside carry the step
-            denoised = x - s * velocity_fn(x, _sigma_batch(s, x))  # (B, ...)
-        if callback is not None:
-            callback({"i": i, "sigma": s, "sigma_next": t, "x": x, "denoised": denoised})
+        denoised = _denoised(velocity_fn, x, i, s, t, callback)  # (B, ...)
         if t == 0.0:
             x = denoised
             continue
