@@ -29,9 +29,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from anima_probe.errors import InputError, UsageError
 from anima_probe.guidance import families
 from anima_probe.guidance.eq3 import CFGRowPolicy
-from anima_probe.guidance.guided import Cell, Guidance, GuidedPrompts, sample_cells
+from anima_probe.guidance.guided import Cell, Guidance, GuidedPrompts, modulation_for, sample_cells
 from anima_probe.guidance.modulation import Modulation, inject
 from anima_probe.guidance.samplers import cfg_velocity, sample_euler, simple_sigmas
 from anima_probe.guidance.schedules import Schedule
@@ -77,6 +78,77 @@ def scores(images: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) in [0, 1] -> (...) toy quality scores (1..9 scale)."""
     flat = images.reshape(-1, *images.shape[-3:]).permute(0, 2, 3, 1).float().cpu().numpy()  # (N, H, W, 3)
     return quality_score(flat).reshape(images.shape[:-3])
+
+
+# ------------------------------------------------------------------------------- the calibrated dose
+@dataclass(frozen=True)
+class Calibration:
+    """The dose at which modulation moves the velocity as far as the quality tags in the prompt do.
+
+    ``text_norm``: mean over rows and steps of ||v(x; "p+, prompt") - v(x; "p-, prompt")|| (cross-attention only:
+    every row keeps its base modulation); ``mod_norm``: the same mean of ||v(x; prompt, w) - v(x; prompt, 0)|| at
+    ``w``; ``ratio`` = mod_norm / text_norm (1 when the search converged)."""
+
+    w: float
+    text_norm: float
+    mod_norm: float
+
+    @property
+    def ratio(self) -> float:
+        return self.mod_norm / self.text_norm
+
+
+@torch.no_grad()
+def calibrated_w(anima, gp: GuidedPrompts, prompts: Sequence[str], pos: str, neg: str, noise: torch.Tensor,
+                 sweep: Sweep, *, iterations: int = 4, tolerance: float = 0.01) -> Calibration:
+    """The w at which the norm of the modulation-induced velocity change equals the norm of the text-induced one
+    (issue 11: "the headline is never w_max alone"), for one model and source, along the base model's own path.
+
+    The states are those of the w = 0 Euler trajectory of each row at CFG 1 (every step but the last sigma 0), so
+    the dose is read where the sampler actually goes, not on an arbitrary noise level. Both changes are measured
+    on the cond row with everything else held: the text change swaps only the cross-attention context (the row's
+    base modulation ``P(prompt)`` stays), the modulation change only adds ``w * Delta`` on the sweep's block
+    schedule. The modulation change is not linear in w (AdaLN's shift/scale/gate pass through the blocks), so w is
+    found by the fixed-point iteration ``w <- w * text_norm / mod_norm(w)`` from w = 1 until the norms agree within
+    ``tolerance`` (the ratio it reaches is kept in the record, so a search that did not converge is visible)."""
+    if len(prompts) != len(gp):
+        raise ValueError(f"{len(prompts)} prompt strings for {len(gp)} prepared prompts")
+    states = []
+
+    def record(step: dict) -> None:  # the state and its w = 0 velocity, v = (x - denoised) / sigma
+        x, s = step["x"], step["sigma"]
+        states.append((x.clone(), torch.full((x.shape[0],), s, device=x.device), (x - step["denoised"]) / s))
+
+    base = modulation_for(gp, Guidance(0.0, sweep.schedule), anima.num_blocks, cfg=False)
+    with inject(anima, base):
+        sample_euler(lambda x, s: anima.velocity(x, s, gp.cond_ctx), noise.to(anima.device),
+                     simple_sigmas(sweep.steps, sweep.shift), callback=record, disable=True)
+        tagged = encode_prompts(anima, [f"{t}, {p}" for t in (pos, neg) for p in prompts]).crossattn_emb
+        plus, minus = tagged.chunk(2)  # (B, 512, Dt) each
+        text = _mean_norm([anima.velocity(x, s, plus) - anima.velocity(x, s, minus) for x, s, _ in states])
+
+    def mod_norm(w: float) -> float:
+        with inject(anima, modulation_for(gp, Guidance(w, sweep.schedule), anima.num_blocks, cfg=False)):
+            return _mean_norm([anima.velocity(x, s, gp.cond_ctx) - v0 for x, s, v0 in states])
+
+    if text == 0.0:
+        raise UsageError(f"p+ {pos!r} and p- {neg!r} written into the prompt do not change the velocity: there is no "
+                         "text change to calibrate against")
+    w, moved = 1.0, mod_norm(1.0)
+    for _ in range(iterations):
+        if moved < 1e-5 * text:  # v0 is recovered from the sampler's x0 estimate: ~1e-7 rounding, never exactly 0
+            raise InputError("the modulation source does not move the velocity at all (zero delta or zero-init "
+                             "projection): no dose can match the text's change")
+        if abs(moved / text - 1.0) < tolerance:
+            break
+        w *= text / moved
+        moved = mod_norm(w)
+    return Calibration(w, text, moved)
+
+
+def _mean_norm(changes: list[torch.Tensor]) -> float:
+    """Mean over steps and rows of the per-row L2 norm of a velocity change (each (B, C, h, w))."""
+    return float(torch.stack([c.flatten(1).norm(dim=1) for c in changes]).mean())
 
 
 @torch.no_grad()
