@@ -91,6 +91,9 @@ def _add_model_verbs(sub, parents) -> None:
     p.add_argument("--long-captions", default="refuse", choices=["refuse", "truncate"],
                    help="a caption over the encoder's 512 tokens: refuse the set naming the row (default), or "
                    "truncate it to its first 512 tokens as the published trainers do")
+    p.add_argument("--sweep-lr", default=None, help="comma-separated learning rates: short runs at each first "
+                   "(--sweep-steps), the lowest validation loss sets lr; recorded in OUT/sweep.csv")
+    p.add_argument("--sweep-steps", type=int, default=150, help="steps of each sweep run (default 150)")
     p.set_defaults(fn=commands.distill)
     p = sub.add_parser("report", parents=parents, help="rerun stale experiments, execute notebooks -> reports")
     report.add_arguments(p)

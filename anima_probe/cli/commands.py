@@ -156,8 +156,11 @@ def distill(args) -> int:
     from anima_probe.model.clip import load_clip
     from anima_probe.pipeline.experiment import apply_overrides
     from anima_probe.training.distill import DistillConfig, distill
+    from anima_probe.training.sweep import lr_sweep
 
     cfg = apply_overrides(DistillConfig(), args.overrides)
+    sweep_lrs = checks.number_list("--sweep-lr", args.sweep_lr, low=0.0) if args.sweep_lr else None
+    checks.at_least("--sweep-steps", args.sweep_steps, 1)
     device = check_device(args.device)
     checks.writable_folder(args.out, "--out")
     # one process, or one per GPU under `accelerate launch`; cpu=True only when the user asked for the CPU
@@ -166,8 +169,10 @@ def distill(args) -> int:
         raise UsageError(f"--device {args.device}: accelerate chose {accelerator.device}")
     anima = load_anima(**(model_kwargs(args) | {"device": accelerator.device}), with_vae=cfg.data == "images")
     clip = load_clip(args.clip, args.clip_tokenizer, device=accelerator.device) if args.clip else None
-    path = distill(cfg, args.out, args.captions, anima, clip, accelerator, progress=not args.quiet,
-                   long_captions=args.long_captions)
+    kwargs = {"clip": clip, "accelerator": accelerator, "progress": not args.quiet, "long_captions": args.long_captions}
+    if sweep_lrs:
+        cfg = lr_sweep(cfg, Path(args.out), args.captions, anima, sweep_lrs, args.sweep_steps, **kwargs)
+    path = distill(cfg, args.out, args.captions, anima, **kwargs)
     if accelerator.is_main_process:
         print(f"{cfg.family}: {path}  (loss curve, validation and checkpoint in {args.out})", file=sys.stdout)
     return 0

@@ -115,7 +115,7 @@ def teacher_samples(anima, crossattn: torch.Tensor, empty: torch.Tensor, size: i
     return torch.cat(out)
 
 
-def _text(anima, captions: list[str], cfg, clip, progress: bool):
+def encode_text(anima, captions: list[str], cfg, clip, progress: bool):
     """(crossattn (N, L, Dt), empty (1, L, Dt), pooled source input (N, P))."""
     tc = encode_prompts(anima, captions + [""], empty_prompt=cfg.empty_prompt, progress=progress)
     length = max(1, int(tc.t5_mask.sum(1).max()))  # rows past every caption's T5 tokens are zeros
@@ -195,7 +195,7 @@ def prepare_data(anima, cfg, manifest, cache_path: Path, clip=None, progress: bo
     if cached is not None and cached.get("key") == key:
         return DistillData(**{k: v for k, v in cached.items() if k != "key"})
     captions = [r.caption for r in rows]
-    crossattn, empty, pooled = _text(anima, captions, cfg, clip, progress)
+    crossattn, empty, pooled = encode_text(anima, captions, cfg, clip, progress)
     if cfg.data == "images":
         x0 = encode_images(anima, rows, manifest, cfg.resolution, progress=progress)
     else:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from anima_probe.errors import InputError
+from anima_probe.errors import InputError, UsageError
 from anima_probe.guidance import families
 from anima_probe.guidance.families import POOLED_TEXT_PROJ
 from anima_probe.guidance.modulation import Modulation, constant, inject
@@ -36,7 +36,8 @@ from anima_probe.model.flow import add_noise, logit_normal_sigmas
 from anima_probe.pipeline.atomic import atomic_write_json
 from anima_probe.pipeline.figures import new_figure, save_figure
 from anima_probe.training import loop as training
-from anima_probe.training.data import DistillData, check_caption_set, check_lengths, prepare_data
+from anima_probe.training import response
+from anima_probe.training.data import DistillData, check_caption_set, check_lengths, encode_text, prepare_data
 
 _VAL_STREAM = 104_729  # the fixed validation noise is drawn from its own seed, never from a training step's
 
@@ -68,11 +69,16 @@ class DistillConfig:
     teacher_cfg: float = 4.0
     teacher_shift: float = 3.0
     gradient_checkpointing: bool = False
+    response_pair: str = "proposal"  # p+ / p- of the distillation-quality probe (training/response.py)
+    response_rows: int = 8  # validation captions the probe uses (each at every val sigma)
 
     def __post_init__(self):
         families.get(self.family)  # a registered family, or a ValueError naming the known ones
         if self.steps < 1 or self.batch_size < 1 or self.val_every < 1 or self.checkpoint_every < 1:
             raise InputError("steps, batch_size, val_every and checkpoint_every must be >= 1")
+        if self.response_rows < 1:
+            raise UsageError(f"response_rows={self.response_rows}: the probe needs at least one validation caption")
+        response.quality_pair(self.response_pair)  # a known pair, or a UsageError naming the known ones
 
 
 class Student(torch.nn.Module):
@@ -227,6 +233,7 @@ class _Run:
     student: torch.nn.Module  # Student, wrapped for DDP when several processes run
     opt: torch.optim.Optimizer
     val: Validation
+    probe: response.ResponseProbe
     start: int
     log: training.CSVLog | None = None  # main process only: every row is written once
     val_log: training.CSVLog | None = None
@@ -241,7 +248,7 @@ class _Run:
 
 
 def _setup(cfg: DistillConfig, out: Path, captions, anima, clip, accelerator, progress: bool,
-           long_captions: str) -> _Run:
+           long_captions: str, data_cache: Path | None) -> _Run:
     # every check that can fail runs before the first write: a rejected run leaves no folder and no data.pt
     check_lengths(anima, check_caption_set(cfg, captions, clip), Path(captions), long_captions)
     ckpt_path = out / "checkpoint" / "checkpoint.pt"
@@ -250,7 +257,7 @@ def _setup(cfg: DistillConfig, out: Path, captions, anima, clip, accelerator, pr
         raise InputError(f"{ckpt_path}: written for another config; use a new output folder or the same config")
     out.mkdir(parents=True, exist_ok=True)
     with accelerator.main_process_first():  # the main process computes the data; the others read its cache
-        data = prepare_data(anima, cfg, captions, out / "data.pt", clip, progress and accelerator.is_main_process)
+        data = prepare_data(anima, cfg, captions, data_cache or out / "data.pt", clip, progress and accelerator.is_main_process)
     data = data.to(anima.device)
     source = new_source(cfg, anima, data.pooled.shape[1]).to(anima.device).float()
     opt = torch.optim.AdamW(source.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -261,13 +268,33 @@ def _setup(cfg: DistillConfig, out: Path, captions, anima, clip, accelerator, pr
         start = int(state["step"])
     student, opt = accelerator.prepare(Student(source, anima.num_blocks), opt)
     val = make_validation(cfg, anima, data, accelerator.process_index, accelerator.num_processes)
-    run = _Run(cfg, out, anima, accelerator, data, source, student, opt, val, start)
+    run = _Run(cfg, out, anima, accelerator, data, source, student, opt, val, _probe(cfg, anima, data, clip), start)
     if run.main:
         atomic_write_json(out / "config.json", asdict(cfg))
         run.log = training.CSVLog(out / "loss.csv", ["step", "loss", "lr", "seconds"], resume_step=start)
-        run.val_log = training.CSVLog(out / "val.csv", ["step", "val_loss", *[f"val@{g:g}" for g in cfg.val_sigmas]],
+        run.val_log = training.CSVLog(out / "val.csv", ["step", "val_loss", *[f"val@{g:g}" for g in cfg.val_sigmas],
+                                                        *response.response_columns(cfg.val_sigmas)],
                                       resume_step=start + 1)  # its rows count completed steps: keep the resumed one
     return run
+
+
+def _probe(cfg: DistillConfig, anima, data: DistillData, clip) -> response.ResponseProbe:
+    """The distillation-quality probe on the first ``response_rows`` validation captions (every rank alike)."""
+    rows = torch.arange(data.n_train, min(len(data.captions), data.n_train + cfg.response_rows))
+
+    def encode(captions):
+        crossattn, _, pooled = encode_text(anima, captions, cfg, clip, progress=False)
+        return crossattn, pooled
+
+    return response.make_probe(anima, encode, data.x0[rows.to(data.x0.device)], [data.captions[i] for i in rows],
+                               *response.quality_pair(cfg.response_pair), cfg.val_sigmas, cfg.seed)
+
+
+def _validate(run: _Run) -> dict:
+    """Validation loss and the p+/p- response of the student against the teacher's, per sigma."""
+    metrics = validate(run.anima, run.student, run.data, run.val, run.accelerator)
+    return metrics | response.response_metrics(
+        lambda x, s, pooled: student_velocity(run.anima, run.student, run.data, x, s, pooled), run.probe)
 
 
 def _train_step(run: _Run, step: int) -> tuple[float, float]:
@@ -292,7 +319,7 @@ def _after_step(run: _Run, step: int, loss: float, lr: float, t0: float) -> None
     if run.main:
         run.log.write(step=step, loss=f"{loss:.8g}", lr=f"{lr:.4g}", seconds=f"{time.time() - t0:.2f}")
     if done % cfg.val_every == 0 or done == cfg.steps:
-        metrics = validate(run.anima, run.student, run.data, run.val, run.accelerator)
+        metrics = _validate(run)
         if run.main:
             run.val_log.write(step=done, **_fmt(metrics))
     if run.main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
@@ -302,19 +329,21 @@ def _after_step(run: _Run, step: int, loss: float, lr: float, t0: float) -> None
 
 
 def distill(cfg: DistillConfig, out_dir, captions, anima, clip=None, accelerator=None, progress: bool = True,
-            on_step: Callable[[int, Student], None] | None = None, long_captions: str = "refuse") -> Path:
+            on_step: Callable[[int, Student], None] | None = None, long_captions: str = "refuse",
+            data_cache: Path | None = None) -> Path:
     """Train (or resume) into ``out_dir`` on caption set ``captions``; returns the trained source file.
 
     ``on_step(step, student)`` runs after every completed step (tests use it to interrupt or to poison weights).
-    ``long_captions``: what a caption over the 512-token context gets (`data.check_lengths`).
+    ``long_captions``: what a caption over the 512-token context gets (`data.check_lengths`). ``data_cache``: where
+    the encoded data is kept (default ``out_dir/data.pt``; a learning-rate sweep shares one).
     """
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(cpu=anima.device.type == "cpu")
-    run = _setup(cfg, Path(out_dir), captions, anima, clip, accelerator, progress, long_captions)
+    run = _setup(cfg, Path(out_dir), captions, anima, clip, accelerator, progress, long_captions, data_cache)
     nosource = validate(anima, run.student, run.data, run.val, accelerator, source=False)
     if run.start == 0:
-        metrics = validate(anima, run.student, run.data, run.val, accelerator)
+        metrics = _validate(run)
         if run.main:
             run.val_log.write(step=0, **_fmt(metrics))
     t0 = time.time()
@@ -371,9 +400,11 @@ def _finish(run: _Run, nosource: dict) -> Path:
 
 
 def loss_figure(train_rows: list[dict], val_rows: list[dict], nosource: float, title: str = "distillation"):
-    """Train loss (raw and a running mean) and validation loss vs step, with the no-source student for scale."""
-    fig = new_figure(figsize=(6, 3.6))
-    ax = fig.add_subplot(1, 1, 1)
+    """Left: train loss (raw and a running mean) and validation loss vs step, with the no-source student for scale.
+    Right: the distillation-quality probe, cosine of the student's p+/p- response with the teacher's per sigma
+    (solid) and its norm ratio (dashed)."""
+    fig = new_figure(figsize=(10, 3.6), layout="constrained")
+    ax = fig.add_subplot(1, 2, 1)
     steps = [int(r["step"]) + 1 for r in train_rows]
     loss = torch.tensor([float(r["loss"]) for r in train_rows])
     ax.plot(steps, loss, color="0.75", lw=0.6, label="train (per step)")
@@ -386,4 +417,13 @@ def loss_figure(train_rows: list[dict], val_rows: list[dict], nosource: float, t
     ax.axhline(nosource, color="C3", ls="--", lw=1, label="no source (empty prompt)")
     ax.set(xlabel="step", ylabel="MSE(student v, teacher v)", yscale="log", title=title)
     ax.legend(fontsize=7)
+    resp = fig.add_subplot(1, 2, 2)
+    val_steps = [int(r["step"]) for r in val_rows]
+    for k, key in enumerate(k for k in val_rows[0] if k.startswith("resp_cos@")):
+        sigma = key.split("@")[1]
+        resp.plot(val_steps, [float(r[key]) for r in val_rows], "o-", ms=2, color=f"C{k}", label=f"sigma {sigma}")
+        resp.plot(val_steps, [float(r[f"resp_norm@{sigma}"]) for r in val_rows], "--", color=f"C{k}", lw=0.8)
+    resp.axhline(0.0, color="0.6", lw=0.6)
+    resp.set(xlabel="step", ylabel="student vs teacher p+/p- response", title="cosine (solid), norm ratio (dashed)")
+    resp.legend(fontsize=7)
     return fig

@@ -155,7 +155,11 @@ def test_training_learns_and_writes_the_community_file(anima, tiny_dir, tmp_path
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     # at step 0 the zero-initialised source is a no-op: the student is the no-source student
     assert summary["val_start"]["val_loss"] == pytest.approx(summary["val_nosource"]["val_loss"], rel=1e-6)
-    assert set(summary["val_end"]) == {"val_loss", "val@0.2", "val@0.7"}
+    grid = ("0.2", "0.7")
+    assert set(summary["val_end"]) == {"val_loss", *[f"{k}@{g}" for k in ("val", "resp_cos", "resp_norm") for g in grid]}
+    # the distillation-quality probe: a no-op source has no p+/p- response at all; the trained one has one
+    assert all(summary["val_start"][f"resp_norm@{g}"] == 0.0 for g in grid)
+    assert all(summary["val_end"][f"resp_norm@{g}"] > 0.0 for g in grid)
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
 
 
@@ -277,3 +281,25 @@ def test_cli_stops_on_a_nan_with_a_clear_message(tiny_dir, tmp_path, capsys):
     assert not (tmp_path / "pooled_text_proj.safetensors").exists()
 
 
+
+
+def test_lr_sweep_picks_the_lowest_validation_loss_and_records_every_candidate(anima, tiny_dir, tmp_path):
+    """The rule: the lowest final validation loss wins, and sweep.csv holds each short run's last validation row.
+    Known answer for one candidate: at lr 1e-9 the zero-initialised source barely moves, so its loss is the
+    no-source student's."""
+    from anima_probe.training.sweep import lr_sweep
+
+    chosen = lr_sweep(FAST, tmp_path / "run", tiny_dir / "captions.csv", anima, [1e-9, 3e-2], 4, progress=False)
+    with open(tmp_path / "run" / "sweep.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["lr"]) for r in rows] == [1e-9, 3e-2]
+    losses = [float(r["val_loss"]) for r in rows]
+    best = losses.index(min(losses))
+    assert chosen.lr == [1e-9, 3e-2][best] and chosen.steps == FAST.steps
+    assert [r["chosen"] for r in rows] == ["1" if i == best else "0" for i in range(2)]
+    for lr, row in zip(("1e-09", "0.03"), rows, strict=True):
+        with open(tmp_path / "run" / "sweep" / f"lr{lr}" / "val.csv", newline="") as f:
+            assert float(list(csv.DictReader(f))[-1]["val_loss"]) == float(row["val_loss"])
+    tiny = json.loads((tmp_path / "run" / "sweep" / "lr1e-09" / "summary.json").read_text())
+    assert losses[0] == pytest.approx(tiny["val_nosource"]["val_loss"], rel=1e-3)
+    assert not (tmp_path / "run" / "sweep" / "lr0.03" / "data.pt").exists()  # one shared data cache
