@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from anima_probe.errors import InputError, UsageError
 from anima_probe.guidance.sources import save_pooled_text_proj
 from anima_probe.model.anima import Anima, _freeze, build_adapter, build_transformer, dit_velocity
 from anima_probe.model.dit_file import AdapterConfig, DiTConfig
@@ -68,7 +69,7 @@ class ToyConfig:
 
     def __post_init__(self):
         if self.strip_quality and not self.pooled_path:
-            raise ValueError("strip_quality > 0 needs pooled_path=True: the stripped tags would reach no input")
+            raise UsageError("strip_quality > 0 needs pooled_path=True: the stripped tags would reach no input")
 
     def dit(self) -> DiTConfig:
         return DiTConfig(hidden=self.hidden, num_blocks=self.num_blocks, head_dim=self.head_dim,
@@ -177,17 +178,20 @@ def train_toy_world(out_dir: Path, cfg: ToyConfig = ToyConfig(), device: str = "
     """Train (or resume) into `out_dir/run/`, then write the model folder `out_dir/model/`. Returns the latter."""
     out_dir, device = Path(out_dir), torch.device(device)
     run, model_dir = out_dir / "run", out_dir / "model"
-    run.mkdir(parents=True, exist_ok=True)
     ckpt_path = run / "checkpoint.pt"
+    # A checkpoint of another config is refused before any work (drawing and encoding the image set takes minutes)
+    if (state := training.load_checkpoint(ckpt_path, device)) is not None and state["config"] != asdict(cfg):
+        changed = sorted(k for k, v in asdict(cfg).items() if state["config"].get(k) != v)
+        raise InputError(f"{ckpt_path}: written for another config (differs in {', '.join(changed)}); use a new "
+                         "output folder or the same config")
+    run.mkdir(parents=True, exist_ok=True)
     data, qwen, t5_vocab = _data(cfg, model_dir, device)
     nets = _models(cfg, t5_vocab, device)
     ema = {k: copy.deepcopy(m).requires_grad_(False) for k, m in nets.items()}
     params = [p for m in nets.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
-    if (state := training.load_checkpoint(ckpt_path, device)) is not None:
-        if state["config"] != asdict(cfg):
-            raise ValueError(f"{ckpt_path}: written for another config; use a new output folder or the same config")
+    if state is not None:
         for k in nets:
             nets[k].load_state_dict(state[k])
             ema[k].load_state_dict(state["ema_" + k])

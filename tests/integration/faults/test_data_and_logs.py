@@ -118,3 +118,20 @@ def test_demo_help_documents_every_option(capsys):
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["demo"]
     undocumented = [a.dest for a in sub._actions if not a.help]
     assert undocumented == []
+
+
+def test_train_toy_resumed_under_another_config_is_refused_before_the_work(fails, tmp_path):
+    """A checkpoint of another config: one line naming the checkpoint and the differing keys, before the image set
+    is drawn, and the run folder is left exactly as it was."""
+    from dataclasses import asdict, replace
+
+    from anima_probe.toyworld.train import PROFILES
+
+    run = tmp_path / "out/run"
+    run.mkdir(parents=True)
+    other = replace(PROFILES["cpu"], steps=7, lr=0.5)
+    torch.save({"config": asdict(other), "step": 3}, run / "checkpoint.pt")
+    before = tree(tmp_path)
+    err = fails(["train-toy", tmp_path / "out"])
+    assert "checkpoint.pt: written for another config (differs in lr, steps)" in err
+    assert tree(tmp_path) == before
