@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from anima_probe.errors import UsageError
 from anima_probe.guidance.guided import sample_prompts
 from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.figures import new_figure
@@ -45,6 +46,10 @@ class ToyworldEvidenceConfig:
     p_plus: str = P_PLUS  # the quality prefixes compared on paired samples
     p_minus: str = P_MINUS
     projection: str = "none"  # the model's own pooled_text_proj (positive control); none: a model without one
+
+    def __post_init__(self):  # checked when the overrides are applied, before the model loads
+        if not 2 <= self.artists <= len(ARTISTS):
+            raise UsageError(f"artists={self.artists}: must be in 2..{len(ARTISTS)}")
 
 
 def _grid_figure(samples: np.ndarray, rows: int, cols: int):
@@ -77,8 +82,6 @@ def _pairs_figure(plus: np.ndarray, minus: np.ndarray, plus_scores: np.ndarray, 
 
 
 def evidence(ctx: Context, cfg: ToyworldEvidenceConfig) -> Result:
-    if not 2 <= cfg.artists <= len(ARTISTS):
-        raise ValueError(f"artists must be in 2..{len(ARTISTS)}, got {cfg.artists}")
     train = generate(cfg.classifier_images, seed=cfg.classifier_seed, size=cfg.size)
     images = np.stack([w.image for w in train])  # (N, H, W, 3)
     artist_clf = fit_factor_classifier(images, [w.artist for w in train], seed=0)

@@ -86,3 +86,14 @@ def regex(flag: str, pattern: str) -> re.Pattern:
         return re.compile(pattern)
     except re.error as err:
         raise UsageError(f"{flag} {pattern!r}: not a regular expression ({err})") from None
+
+
+def sigma_schedule(name: str, steps: int, shift: float) -> None:
+    """The sampler's sigma schedule can be built from these flags (bong_tangent needs two steps, the simple
+    schedule a shift above 0): the schedule's own check, run before the model loads, its message naming the flags."""
+    from anima_probe.guidance.sigmas import schedule_sigmas
+
+    try:
+        schedule_sigmas(name, steps, shift)
+    except ValueError as err:
+        raise UsageError(f"--sigmas {name} --steps {steps} --shift {shift:g}: {err}") from None

@@ -93,6 +93,7 @@ def sample(args) -> int:
     cfgs = checks.number_list("--cfg", args.cfg, low=0.0)
     checks.finite("--final-w", str(args.final_w)), checks.finite("--shift", str(args.shift), low=0.0)
     checks.at_least("--steps", args.steps, 1), checks.at_least("--size", args.size, 8)
+    checks.sigma_schedule(args.sigmas, args.steps, args.shift)
     checks.writable_folder(args.out, "--out")
     schedule = Schedule.parse(args.schedule)
     anima = _image_model(args, "sample draws images")

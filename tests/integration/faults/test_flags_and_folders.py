@@ -70,10 +70,14 @@ def test_an_unwritable_cache_is_skipped_with_one_warning(tmp_path, monkeypatch, 
 @pytest.mark.parametrize("flag,value,message", [("--w", "nan", "--w nan: must be a finite number"),
                                                 ("--cfg", "1,inf", "--cfg inf: must be a finite number"),
                                                 ("--size", "0", "--size 0: must be >= 8"),
-                                                ("--steps", "0", "--steps 0: must be >= 1")])
+                                                ("--steps", "0", "--steps 0: must be >= 1"),
+                                                ("--shift", "0", "--shift 0: simple_sigmas: shift must be > 0, got 0.0"),
+                                                ("--sigmas", "bong_tangent", "--steps 1 --shift 3: bong_tangent_sigmas: "
+                                                 "needs steps >= 2 (two stages), got 1")])
 def test_sample_refuses_a_number_out_of_range_before_sampling(flag, value, message, fails, twin, proj, tmp_path):
     runs = tmp_path / "runs"
-    err = fails(["sample", "--proj", proj, "--model", twin, "--out", runs, flag, value])
+    steps = ["--steps", "1"] if flag == "--sigmas" else []
+    err = fails(["sample", "--proj", proj, "--model", twin, "--out", runs, flag, value, *steps])
     assert err.endswith(message) and not runs.exists()
 
 
@@ -106,3 +110,9 @@ def test_a_sample_that_fails_while_writing_leaves_no_run_folder(tmp_path):
     with pytest.raises(ValueError, match="Out of range float values"):  # strict JSON refuses the NaN
         write_sample_run(tmp_path, torch.zeros(1, 1, 1, 3, 8, 8), {"w": float("nan")}, None)
     assert tree(tmp_path) == set()
+
+
+def test_an_experiment_config_out_of_range_is_refused_before_the_model_loads(fails, twin, tmp_path):
+    runs = tmp_path / "runs"
+    err = fails(["run", "toyworld-evidence", "artists=1", "--model", twin, "--results", runs])
+    assert err.endswith("artists=1: must be in 2..12") and not runs.exists()
