@@ -16,6 +16,7 @@ import re
 import struct
 import warnings
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -97,6 +98,19 @@ def all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+@contextmanager
+def one_torch_thread():
+    """Torch's intra-op threads set to 1 inside, restored after. The scan is one pass over memory, which more
+    threads do not speed up; on a busy CPU they slow it down: 4.2 GB of bf16 summed in 0.25 s with 1 thread and in
+    2.7 s with 2 while other processes held the 2 cores (benchmarks/loading.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def load_tensors(path: str | Path, keys: Mapping[str, str] | None = None, dtype: torch.dtype | None = None,
                  device: str | torch.device = "cpu", weights: bool = False) -> dict[str, torch.Tensor]:
     """Read `keys` (file key -> wanted key; None: every key under its own name) one tensor at a time, cast as
@@ -114,9 +128,12 @@ def load_tensors(path: str | Path, keys: Mapping[str, str] | None = None, dtype:
         check_dtypes(header, path, [k for k in keys if k in header])  # an absent key: safetensors' error below
     out: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with safe_open(str(path), framework="pt", device="cpu") as f, one_torch_thread():
+            # Every tensor first (views of the mapped file: nothing is read yet), then one pass over them: reading
+            # each tensor's pages between get_tensor calls was 2-4x slower from disk (benchmarks/loading.py)
+            mapped = {file_key: f.get_tensor(file_key) for file_key in keys}
             for file_key, key in keys.items():
-                t = f.get_tensor(file_key)
+                t = mapped.pop(file_key)
                 if weights and not all_finite(t):
                     raise ModelFileError(f"{path}: tensor '{file_key}' holds NaN or inf values")
                 out[key] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).to(device)
