@@ -102,13 +102,13 @@ def run(ctx: Context, cfg: ReachabilityConfig) -> Result:
         emb[:P], emb[P:2 * P], emb[2 * P:3 * P], emb[3 * P::2], emb[3 * P + 1::2]))
     B, every, first = P * N, torch.arange(P * N), torch.arange(0, P * N, N)  # rows; each prompt's first draw
     gen, shape = torch.Generator().manual_seed(cfg.seed), (B, anima.dit_config.in_channels, *[cfg.latent_size] * 2)
-    x1, noise = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    x1, noise = (torch.randn(shape, generator=gen).to(anima.device) for _ in range(2))  # drawn on the CPU: any device
     with torch.no_grad():
-        x0 = x1 - anima.velocity(x1, torch.ones(B), plain).float()  # the model's own one-step estimate
+        x0 = x1 - anima.velocity(x1, torch.ones(B, device=anima.device), plain).float()  # one-step estimate of x0
     sources, groups, side = _sources(ctx, cfg, pos, neg), rc.block_groups(anima.num_blocks), set(cfg.side_sigmas)
     metrics, per_prompt, table = {}, {}, ["sigma,fit,prompt,noise,r2,r2_half,delta_over_embedding"]
     for s in cfg.sigmas:
-        sig = torch.full((B,), s)
+        sig = torch.full((B,), s, device=anima.device)
         x_t = add_noise(x0, noise, sig)
         with torch.no_grad():
             with capture(anima, "t_embedding_norm") as cap:

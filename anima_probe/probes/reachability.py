@@ -169,7 +169,7 @@ def control_target(anima, rows: Rows, x_t: torch.Tensor, sigma: torch.Tensor, e_
     """The positive control's target: the velocity change a known vector makes on ``rows`` (every block and the
     final layer; a random direction per row, norm ``scale`` x that row's t_embedding_norm output norm ``e_norm``
     (R,)), so a vector that reproduces it exactly exists."""
-    k = torch.randn(len(rows.index), anima.dit_config.hidden, generator=generator)
+    k = torch.randn(len(rows.index), anima.dit_config.hidden, generator=generator).to(e_norm.device)
     known = k / k.norm(dim=1, keepdim=True) * scale * e_norm[:, None]
     f = velocity_change(anima, x_t[rows.index], sigma[rows.index], rows.ctx, masks(anima.num_blocks, len(known)),
                         rows.base)

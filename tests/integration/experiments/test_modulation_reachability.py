@@ -4,7 +4,6 @@ size is compared with the oracle, and the toy tier's prompts are guidance-dose's
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import pytest
@@ -26,17 +25,8 @@ SMALL = {"n_prompts": 4, "noise_seeds": 2, "sigmas": (0.3, 0.7), "side_sigmas": 
          "chunk": 16}
 
 
-def _module():
-    """Only this experiment's file, so a half-written neighbour in experiments/ cannot break these tests."""
-    name = "anima_probe_experiments.modulation_reachability"
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "experiments" / "modulation_reachability.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-MODULE = _module()
+REGISTRY = experiment.discover()
+MODULE = sys.modules[REGISTRY["modulation-reachability"].fn.__module__]
 
 
 def _hooks(anima):
@@ -66,7 +56,7 @@ def test_the_run_reaches_its_positive_control_and_leaves_the_dit_frozen(tiny_ani
     hooks = _hooks(tiny_anima)
     run_dir = experiment.run("modulation-reachability", {**SMALL, "projection": str(path)}, anima=tiny_anima,
                              results=tmp_path / "results", cache_dir=tmp_path / "cache", progress=False,
-                             registry={MODULE.EXPERIMENT.name: MODULE.EXPERIMENT})
+                             registry=REGISTRY)
     m = read_run(run_dir).metrics
     assert _hooks(tiny_anima) == hooks
     assert not any(p.requires_grad for p in tiny_anima.transformer.parameters())
@@ -91,7 +81,7 @@ def test_the_toy_tier_uses_guidance_doses_prompts():
 def test_side_sigmas_outside_the_grid_are_refused_naming_the_key(tiny_anima, tmp_path):
     with pytest.raises(UsageError, match=r"side_sigmas=\(0.5,\): each must be one of sigmas=\(0.3, 0.7\)"):
         experiment.run("modulation-reachability", {**SMALL, "side_sigmas": (0.5,)}, anima=tiny_anima,
-                       results=tmp_path / "results", progress=False, registry={MODULE.EXPERIMENT.name: MODULE.EXPERIMENT})
+                       results=tmp_path / "results", progress=False, registry=REGISTRY)
     assert not (tmp_path / "results").exists()
 
 
@@ -100,4 +90,4 @@ def test_a_named_source_that_does_not_fit_is_an_error(tiny_anima, tmp_path):
                                              "model has model_channels=64"):
         experiment.run("modulation-reachability", {**SMALL, "projection": str(REPO_ROOT / MODULE.SHIPPED["projection"])},
                        anima=tiny_anima, results=tmp_path / "results", cache_dir=tmp_path / "cache", progress=False,
-                       registry={MODULE.EXPERIMENT.name: MODULE.EXPERIMENT})
+                       registry=REGISTRY)
