@@ -32,6 +32,7 @@ from anima_probe.pipeline.freshness import source_fingerprint, staleness, write_
 from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.pipeline.rundirs import resolve_latest
 from anima_probe.pipeline.runs import ResultRecord, write_run
+from anima_probe.pipeline.timing import timed
 
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 
@@ -237,7 +238,9 @@ def ensure_fresh(names: list[str], registry: dict, anima, results: str | Path, *
         reasons = ["forced"] if force else staleness(exp, results, files, source_fingerprint(exp, root), root)
         if reasons:
             log(f"{name}: running ({'; '.join(reasons)})")
-            run(name, [], anima=anima, results=results, progress=progress, registry=registry, source_root=root)
+            took, _ = timed(lambda: run(name, [], anima=anima, results=results, progress=progress,  # noqa: B023
+                                        registry=registry, source_root=root))
+            log(f"{name}: done in {took.wall:.0f} s ({took.cpu:.0f} CPU-s in this process)")
         else:
             log(f"{name}: fresh, reusing {resolve_latest(results, name)}")
         out[name] = resolve_latest(results, name)

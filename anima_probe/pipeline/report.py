@@ -55,7 +55,9 @@ def _fresh_in_worker(name: str, load: dict, results: str, force: bool) -> Path:
 
     registry = discover()
     anima = load_for([registry[name]], **load)
-    return ensure_fresh([name], registry, anima, results, force=force, progress=False, log=print)[name]
+    # flushed line by line: workers share the command's stdout, and a block-buffered line could be split by another's
+    return ensure_fresh([name], registry, anima, results, force=force, progress=False,
+                        log=lambda line: print(line, flush=True))[name]
 
 
 def generate(model: str | Path | None = None, *, results: str | Path = "results",
