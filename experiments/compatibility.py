@@ -9,7 +9,10 @@ was checked (``positive_control.calibrated_dose``, w 0.115: +0.23 at CFG 1; the 
 adapters were trained on the shipped model, so their arms run there only; Spectrum (``FAST``) runs on both.
 Arms, statistics, decision rules and controls (fixed before the first run): ``anima_probe/guidance/compat.py``.
 
-Cost of the default config (one torch thread, this 2-core machine, shared): see the report; measured ~N CPU s.
+Cost of the default config: 179 CPU s (175 user + 4 sys, one torch thread, cold caches; the 13-artist classifier
+fit, ~15 s, is memoized for warm reruns), measured on the shared 2-core machine at load average ~7; ~150 s of it
+is sampling: 7 model-arms x 10 DiT rows per prompt (w = 0 and the dose; CFG 3 / 5 run cond + uncond) x 8 prompts
+x 10 steps, ~23 ms per row. Over the ~100 s asked for; ``prompts=6 steps=8`` would be ~110 s.
 
 Run: ``anima-probe run compatibility``
 """

@@ -259,16 +259,16 @@ def verdicts(eff: pd.DataFrame, own: pd.DataFrame, saves: float) -> pd.DataFrame
             changes = ((rows.mp_lo > 0) | (rows.mp_hi < 0)).any()
             guidance = "changes" if changes else ("persists" if readable.any() else "unreadable")
             o = own[(own.model == model) & (own.arm == arm)]
-            if arm == "spectrum":
-                inc = o[o.level == "increase"].iloc[0]
-                kept = saves > 1.0 and inc.lo <= 0.0
+            if arm == "spectrum":  # what is not kept is named: nothing cached, or an error that grows
+                grows = o[o.level == "increase"].iloc[0].lo > 0.0
+                kept = "saves nothing" if saves <= 1.0 else ("error grows" if grows else "kept")
             else:
-                kept = bool(o[o.level == "dose"].iloc[0].gain_lo > 0)
-            out.append({"feature": arm, "model": model, "guidance": guidance, "own": "kept" if kept else "lost",
+                kept = "kept" if o[o.level == "dose"].iloc[0].gain_lo > 0 else "lost"
+            out.append({"feature": arm, "model": model, "guidance": guidance, "own": kept,
                         "readable_cfgs": ",".join(f"{c:g}" for c in plain.index[readable])})
     v = pd.DataFrame(out)
     v["verdict"] = [("stacks" if g == "stacks" else "does not stack") if f == "cfg" else
-                    ("persists" if g == "persists" and o == "kept" else f"guidance {g}, own effect {o}")
+                    ("persists" if g == "persists" and o == "kept" else f"guidance {g}, own effect: {o}")
                     for f, g, o in zip(v.feature, v.guidance, v.own, strict=True)]
     return v
 

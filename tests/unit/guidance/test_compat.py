@@ -85,17 +85,18 @@ def test_the_verdict_rules():
                        + _own("m", "spectrum", increase_lo=-0.01) + _own("n", "spectrum", increase_lo=0.02))
     v = verdicts(eff, own, saves=10 / 7).set_index(["feature", "model"])
     assert v.loc[("lora", "m"), "verdict"] == "persists"
-    assert v.loc[("tlora", "m"), "verdict"] == "guidance changes, own effect kept"  # D's interval above 0 at CFG 3
-    assert v.loc[("hydra", "m"), "verdict"] == "guidance persists, own effect lost"  # gain interval touches 0
+    assert v.loc[("tlora", "m"), "verdict"] == "guidance changes, own effect: kept"  # D's interval above 0 at CFG 3
+    assert v.loc[("hydra", "m"), "verdict"] == "guidance persists, own effect: lost"  # gain interval touches 0
     assert v.loc[("spectrum", "m"), "verdict"] == "persists"
-    assert v.loc[("spectrum", "n"), "verdict"] == "guidance persists, own effect lost"  # its error grew
+    assert v.loc[("spectrum", "n"), "verdict"] == "guidance persists, own effect: error grows"
     assert v.loc[("cfg", "m"), "verdict"] == "does not stack" and v.loc[("cfg", "m"), "readable_cfgs"] == "1"
     assert v.loc[("cfg", "n"), "readable_cfgs"] == "3"
     # nothing readable: a null difference says nothing
     flat = eff[eff.model == "m"].assign(lo=-0.1, hi=0.1)
     assert verdicts(flat, own, 10 / 7).set_index("feature").loc["lora", "guidance"] == "unreadable"
     # Spectrum that caches nothing has no own effect to keep
-    assert verdicts(eff, own, saves=1.0).set_index(["feature", "model"]).loc[("spectrum", "m"), "own"] == "lost"
+    nothing = verdicts(eff, own, saves=1.0).set_index(["feature", "model"]).loc[("spectrum", "m"), "own"]
+    assert nothing == "saves nothing"
     stacked = pd.DataFrame([_eff("m", "plain", c, 0.3, 0.1, 0.5) for c in (1.0, 3.0, 5.0)])
     assert verdicts(stacked, own, 10 / 7).verdict.tolist() == ["stacks"]
 
