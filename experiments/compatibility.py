@@ -9,10 +9,9 @@ was checked (``positive_control.calibrated_dose``, w 0.115: +0.23 at CFG 1; the 
 adapters were trained on the shipped model, so their arms run there only; Spectrum (``FAST``) runs on both.
 Arms, statistics, decision rules and controls (fixed before the first run): ``anima_probe/guidance/compat.py``.
 
-Cost of the default config: 179 CPU s (175 user + 4 sys, one torch thread, cold caches; the 13-artist classifier
-fit, ~15 s, is memoized for warm reruns), measured on the shared 2-core machine at load average ~7; ~150 s of it
-is sampling: 7 model-arms x 10 DiT rows per prompt (w = 0 and the dose; CFG 3 / 5 run cond + uncond) x 8 prompts
-x 10 steps, ~23 ms per row. Over the ~100 s asked for; ``prompts=6 steps=8`` would be ~110 s.
+Cost of the default config: 179 CPU s (1 torch thread, cold caches, the shared 2-core machine at load ~7): ~150 s
+sampling (7 model-arms x 10 DiT rows per prompt x 8 prompts x 10 steps, ~23 ms a row), ~15 s the 13-artist
+classifier (memoized for warm reruns). Over the ~100 s asked for; fewer prompts or steps cut it proportionally.
 
 Run: ``anima-probe run compatibility``
 """
@@ -26,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from anima_probe.adapters.evaluate import NovelArtistEvalConfig, fit_artist_classifier
+from anima_probe.errors import UsageError
 from anima_probe.guidance import compat, dose, families
 from anima_probe.guidance.guided import prepare
 from anima_probe.guidance.samplers import initial_noise
@@ -35,10 +35,11 @@ from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.manifests import load_prompt_sets
 from anima_probe.pipeline.provenance import REPO_ROOT, sha256_file
 from anima_probe.toyworld import positive_control as pc
-from anima_probe.toyworld.world import NOVEL_ARTISTS
+from anima_probe.toyworld.world import CONTENT_TYPES, NOVEL_ARTISTS
 
 PROJECTION = "data/toyworld/pooled_text_proj.safetensors"
 ADAPTERS = {arm: f"data/toyworld/lora/tsuki_hoshi-{arm}.safetensors" for arm in compat.ADAPTER_ARMS}
+HYDRA_MOE = "data/toyworld/lora/tsuki_hoshi-hydra_moe.safetensors"  # the live HydraLoRA's heads and routers
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,22 @@ def _model(name, anima, source, rows, prompts, cfg, w=None, **extra) -> tuple[co
                f"{name}/w_neutral": m.w_neutral}, noise
 
 
+def check(cfg: CompatibilityConfig) -> None:
+    """Bad settings, named by their key, before anything is loaded."""
+    if not 2 <= cfg.prompts <= len(CONTENT_TYPES):
+        raise UsageError(f"prompts={cfg.prompts}: need 2..{len(CONTENT_TYPES)} (one per content type; the bootstrap "
+                         "resamples prompts)")
+    if cfg.draws < 1 or cfg.steps < 1 or cfg.calibration_prompts < 1:
+        raise UsageError("draws, steps and calibration_prompts must be >= 1")
+    if not cfg.cfgs or min(cfg.cfgs) < 1.0:
+        raise UsageError(f"cfgs={cfg.cfgs}: need CFG scales >= 1 (1 = no CFG)")
+    if not set(cfg.neutral_cfgs) <= set(cfg.cfgs):
+        raise UsageError(f"neutral_cfgs={cfg.neutral_cfgs}: each must be one of cfgs={cfg.cfgs} (its w = 0 images "
+                         "are the plain arm's)")
+
+
 def compatibility(ctx: Context, cfg: CompatibilityConfig) -> Result:
+    check(cfg)
     anima = ctx.anima
     if anima.vae is None and anima.dit_config.out_channels != 3:
         raise ValueError("compatibility scores RGB images: load the model with its VAE (or a pixel-space model)")
@@ -84,17 +100,16 @@ def compatibility(ctx: Context, cfg: CompatibilityConfig) -> Result:
     clf, holdout = ctx.memoized(fit_artist_classifier)(clf_cfg)
     models, extras = [], {}
 
+    texts = {"positive-control": dose.toy_prompts(cfg.prompts), "distilled": compat.novel_prompts(cfg.prompts, artist)}
     pc_anima = load_anima(pc.SHIPPED, with_vae=False, device=anima.device, dtype=anima.dtype)
     pc_source = families.load_source(pc.SHIPPED / pc.PROJECTION_FILE, pc_anima)
-    rows = dose.toy_prompts(cfg.prompts) * cfg.draws
     w_known = pc.calibrated_dose(pc_anima, pc_source, g["positive"], g["negative"])
-    models.append(_model("positive-control", pc_anima, pc_source, rows, cfg.prompts, cfg, w=w_known,
-                         arms=("plain", "spectrum")))
-    rows = compat.novel_prompts(cfg.prompts, artist) * cfg.draws
+    models.append(_model("positive-control", pc_anima, pc_source, texts["positive-control"] * cfg.draws,
+                         cfg.prompts, cfg, w=w_known, arms=("plain", "spectrum")))
     source = families.load_source(REPO_ROOT / PROJECTION, anima)
-    models.append(_model("distilled", anima, source, rows, cfg.prompts, cfg, arms=compat.ARMS,
-                         adapters={a: str(REPO_ROOT / p) for a, p in ADAPTERS.items()}, classifier=clf,
-                         artist=artist))
+    models.append(_model("distilled", anima, source, texts["distilled"] * cfg.draws, cfg.prompts, cfg,
+                         arms=compat.ARMS, adapters={a: str(REPO_ROOT / p) for a, p in ADAPTERS.items()},
+                         classifier=clf, artist=artist))
     bar = tqdm(total=sum(len(m.arms) for m, _, _ in models), desc="compatibility", disable=not ctx.progress)
     frames = []
     for m, info, noise in models:
@@ -115,14 +130,11 @@ def compatibility(ctx: Context, cfg: CompatibilityConfig) -> Result:
                 "spectrum/forwards_saved": (saves, True)} | {k: (v, True) for k, v in extras.items()}
     metrics |= {k: float(v) for k, (v, _) in controls.items()}
     higher |= {k: h for k, (_, h) in controls.items()}
-    files = [("projection", REPO_ROOT / PROJECTION), ("positive_control", pc.SHIPPED / pc.PROJECTION_FILE)]
-    files += [(a, REPO_ROOT / p) for a, p in ADAPTERS.items()] + [("hydra_moe", REPO_ROOT / ADAPTERS["hydra"].replace(
-        ".safetensors", "_moe.safetensors"))] + [("positive_control_dit", p) for p in
-                                                 sorted((pc.SHIPPED / "diffusion_models").glob("*"))]
+    files = [("projection", REPO_ROOT / PROJECTION), ("positive_control", pc.SHIPPED / pc.PROJECTION_FILE),
+             *((a, REPO_ROOT / p) for a, p in ADAPTERS.items()), ("hydra_moe", REPO_ROOT / HYDRA_MOE),
+             *(("positive_control_dit", p) for p in sorted((pc.SHIPPED / "diffusion_models").glob("*")))]
     sources = "role,path,sha256\n" + "".join(f"{r},{p.relative_to(REPO_ROOT)},{sha256_file(p)}\n" for r, p in files)
-    prompts = {m.name: [str(p) for p in (dose.toy_prompts(cfg.prompts) if m.name == "positive-control"
-                                         else compat.novel_prompts(cfg.prompts, artist))] for m, _, _ in models}
-    df["prompt_text"] = [prompts[mo][p] for mo, p in zip(df.model, df.prompt, strict=True)]
+    df["prompt_text"] = [texts[mo][p] for mo, p in zip(df.model, df.prompt, strict=True)]
     return Result(metrics=metrics, higher_is_better=higher,
                   tables={"rows.csv": df.to_csv(index=False, float_format="%.6g"),
                           "effects.csv": eff.to_csv(index=False, float_format="%.6g"),
