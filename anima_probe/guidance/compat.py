@@ -16,7 +16,7 @@ The rules, fixed in this file before the first run (``verdicts``):
 - guidance's effect in an arm at a CFG scale: E = mean over prompts of score(w_dose) - score(0); the arm against
   the plain arm: D = E_arm - E_plain, paired. Guidance is *readable* at a scale when E_plain's interval excludes 0.
 - guidance with the feature: "changes" when D's interval excludes 0 at any scale; otherwise "persists" when it is
-  readable at one scale at least; otherwise "unreadable" (nothing to persist, whatever D says).
+  readable at one scale at least; otherwise "unreadable" (no effect to persist).
 - the feature's own effect under guidance: an adapter keeps it when its gain in new-artist accuracy over the plain
   arm at the dose (pooled over CFG scales, paired by prompt) has its interval above 0; Spectrum keeps it when it
   saves forwards and its error against full sampling does not grow with guidance (the interval of
