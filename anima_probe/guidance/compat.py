@@ -121,7 +121,7 @@ def frame(images: torch.Tensor, model: str, arm: str, pair: str, w: float, cfgs:
     ``artist`` is recorded; ``full``: the plain arm's images of the same cells, for the pixel error."""
     C, L, B = images.shape[:3]
     flat = images.flatten(0, 2)  # (C*2*B, 3, H, W)
-    hwc = flat.permute(0, 2, 3, 1).float().numpy()  # (N, H, W, 3)
+    hwc = flat.permute(0, 2, 3, 1).float().cpu().numpy()  # (N, H, W, 3)
     df = pd.DataFrame({"model": model, "arm": arm, "pair": pair,
                        "cfg": np.repeat(np.asarray(cfgs, float), L * B),
                        "level": np.tile(np.repeat(LEVELS, B), C), "w": np.tile(np.repeat([0.0, w], B), C),
@@ -130,7 +130,7 @@ def frame(images: torch.Tensor, model: str, arm: str, pair: str, w: float, cfgs:
     if novel is not None:
         df["novel"] = np.asarray(novel.predict(hwc)) == artist
     if full is not None:
-        df["error"] = (images - full).abs().flatten(3).mean(dim=3).flatten().numpy()  # (C*2*B,)
+        df["error"] = (images - full).abs().flatten(3).mean(dim=3).flatten().cpu().numpy()  # (C*2*B,)
     return df
 
 
