@@ -9,7 +9,7 @@ was checked (``positive_control.calibrated_dose``, w 0.115: +0.23 at CFG 1; the 
 adapters were trained on the shipped model, so their arms run there only; Spectrum (``FAST``) runs on both.
 Arms, statistics, decision rules and controls (fixed before the first run): ``anima_probe/guidance/compat.py``.
 
-Cost of the default config: 179 and 185 CPU s in two cold runs, ~160 s warm (1 torch thread, the shared 2-core
+Cost of the default config: 179 and 185 CPU s in two cold runs, 160-173 warm (1 torch thread, the shared 2-core
 machine at load ~7): ~150 s sampling (7 model-arms x 10 DiT rows per prompt x 8 prompts x 10 steps, ~23 ms a row),
 ~15 s the 13-artist classifier (memoized for warm reruns). Over the ~100 s asked for; prompts / steps cut it.
 
