@@ -15,7 +15,8 @@ REGISTRY = discover()
 
 def test_every_experiment_declares_its_needs():
     needs = {name: exp.needs for name, exp in REGISTRY.items()}
-    assert {n for n, e in REGISTRY.items() if e.needs_images} == {"guidance-dose", "scheduler-drift", "toyworld-evidence"}
+    assert {n for n, e in REGISTRY.items() if e.needs_images} == {"compatibility", "guidance-dose", "scheduler-drift",
+                                                                      "toyworld-evidence"}
     assert all(n[0] == "text_encoder" for n in needs.values())
     assert needs["pooling-nmi"] == ("text_encoder",)
     assert needs["guidance-dose"] == ("text_encoder", "dit", "vae")
@@ -31,7 +32,7 @@ def test_a_latent_model_without_a_vae_is_refused_naming_the_experiments(tiny_mod
     twin = shutil.copytree(tiny_model_dir, tmp_path / "twin")
     shutil.rmtree(twin / "vae")
     assert load_for([REGISTRY["pooling-nmi"]], twin).vae is None  # a text experiment needs no VAE
-    with pytest.raises(InputError, match=r"guidance-dose, scheduler-drift, toyworld-evidence make\(s\) RGB images, but the DiT in "
+    with pytest.raises(InputError, match=r"compatibility, guidance-dose, scheduler-drift, toyworld-evidence make\(s\) RGB images, but the DiT in "
                        r".*samples 16-channel latents and no VAE was found"):
         load_for(list(REGISTRY.values()), twin)
 
