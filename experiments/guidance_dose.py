@@ -146,5 +146,5 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
 EXPERIMENT = Experiment(
     name="guidance-dose", version="3", config=GuidanceDoseConfig, fn=guidance_dose, needs_dit=True,
     needs_images=True,
-    question="Does modulation guidance with the proposal's quality p+/p- raise the toy quality score with its weight, "
-    "at every CFG scale, and is w = 0 exactly the base model?")
+    question="Does modulation guidance with the proposal's quality p+/p- raise the toy quality score at its calibrated "
+    "dose, at every CFG scale and block schedule, before the images break down, and is w = 0 exactly the base model?")
