@@ -1,14 +1,13 @@
-"""Does modulation guidance raise the toy quality score with its weight, at every CFG scale, for each family?
+"""Does modulation guidance raise the toy quality score at its calibrated dose, at every CFG scale, for each family
+and block schedule, before the images break down?
 
-End to end on the toy world: the distilled projection(s) shipped in data/toyworld/ steer samples of toy prompts
-(content + artist, no quality tags) with the proposal's quality p+ / p-; a w x CFG grid from shared noise is scored
-by ``toyworld.scorer.quality_score``. Reported per family and row policy: the dose-response (within-row Spearman,
-slope), the effect score(w_max) - score(0) at each CFG with a bootstrap CI, the p+-in-the-prompt baseline, and
-``w0_max_abs_diff`` (w = 0 against a hand-written sampler of the base-projection model; must be exactly 0).
-Mechanics and definitions: ``anima_probe/guidance/dose.py``.
-
-Run: ``anima-probe run guidance-dose`` (both families when their files exist; ``cosmos_adapter=none`` skips (b)).
-"""
+End to end on the toy world: each modulation source shipped in data/toyworld/ (or the positive control's own, run
+with ``--model data/toyworld/positive_control/model``) steers toy prompts (content + artist, no quality tags) with
+the proposal's p+ / p-. Per source and schedule the dose w_cal is calibrated first (``dose.calibrated_w``: the
+modulation moves the velocity as far as p+/p- in the prompt do); the first schedule's curve is swept in units of
+w_cal (-1: p+/p- swapped), the others are read at w_cal. The headline is the effect at w_cal over w = 0, with a
+95 % CI over prompts; a cell with more than ``dose.BREAKDOWN_SHARE`` of its images out of the scorer's range is
+broken and makes no claim. Mechanics and definitions: ``anima_probe/guidance/dose.py``."""
 
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from anima_probe.errors import UsageError
 from anima_probe.guidance import dose, families
 from anima_probe.guidance.eq3 import CFGRowPolicy
 from anima_probe.guidance.guided import prepare
@@ -41,15 +41,17 @@ class GuidanceDoseConfig:
     cosmos_adapter: str = "auto"  # a second file; auto: the shipped cosmos adapter *if it exists*; none: skip it
     clip: str = "auto"  # CLIP text model (file or folder), for a family that reads CLIP (cosmos)
     prompt_variant: str = "proposal"  # p+ / p-: the proposal's, or a variant of data/manifests/guidance_prompts
-    prompts: int = 4  # toy prompts (content + artist)
-    seeds: int = 2  # noise draws per prompt: rows = prompts x seeds
-    ws: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+    prompts: int = 16  # toy prompts (content + artist): 16 cover all 8 contents and all 12 artists
+    seeds: int = 2  # noise draws per prompt: rows = prompts x seeds; CIs resample prompts (clusters)
+    ws: tuple[float, ...] = (-1.0, 0.0, 0.5, 1.0, 2.0, 4.0)  # units of w_cal (-1: p+/p- swapped at w_cal)
     cfgs: tuple[float, ...] = (1.0, 3.0, 5.0)  # ComfyUI scale (1 = no CFG)
     steps: int = 8  # Euler, shift below (toy plain-sample scores: 6.55 at 8 steps, 6.60 at 12, 6.62 at 20)
     shift: float = 3.0
-    schedule: str = "uniform"  # every block, as the proposal's single add after t_embedding_norm
+    # the first one's curve is swept over ws; the others (the port's default profile, a paper-style start-layer
+    # step) are read at their own w_cal
+    schedules: tuple[str, ...] = ("uniform", "sorryhyun", "step:2")
+    calibration_rows: int = 8  # rows the dose is calibrated on (the first 8 prompts: every content, 8 artists)
     row_policy: str = "own"  # own: each family's port (per-row-base / official); or a CFGRowPolicy value
-    contrast_policy: str = "auto"  # second policy at (0, w_max): auto = the one with the other CFG algebra; none
     negative: str = ""  # CFG negative prompt
     size: int = 32  # pixels (the toy world is pixel space)
     grid_columns: int = 3  # rows shown side by side in each cell of the image grid
@@ -70,8 +72,7 @@ def _path(value: str, key: str, optional: bool) -> Path | None:
 
 
 def _sources(ctx: Context, cfg: GuidanceDoseConfig) -> tuple[list, str]:
-    """[(source, clip or None)] and a csv of the files used with their sha256 (the run record hashes only the
-    model's own files, so this is what ties the numbers to these projections)."""
+    """[(source, clip or None)] and a csv of the files used with their sha256 (ties the numbers to these files)."""
     sources, files = [], []
     for key, optional in (("projection", False), ("cosmos_adapter", True)):
         if (path := _path(getattr(cfg, key), key, optional)) is None:
@@ -91,17 +92,14 @@ def _sources(ctx: Context, cfg: GuidanceDoseConfig) -> tuple[list, str]:
     return sources, "\n".join(["role,path,sha256", *rows]) + "\n"
 
 
-def _policies(family: str, cfg: GuidanceDoseConfig) -> tuple[CFGRowPolicy, CFGRowPolicy | None]:
-    own = families.get(family).default_policy if cfg.row_policy == "own" else CFGRowPolicy(cfg.row_policy)
-    if cfg.contrast_policy == "none":
-        return own, None
-    return own, dose.CONTRAST_POLICY[own] if cfg.contrast_policy == "auto" else CFGRowPolicy(cfg.contrast_policy)
-
-
 def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     if ctx.anima.vae is None and ctx.anima.dit_config.out_channels != 3:
         raise ValueError("guidance-dose scores RGB images: load the model with its VAE (or use a pixel-space model)")
-    sweep = dose.Sweep(cfg.ws, cfg.cfgs, cfg.steps, cfg.shift, Schedule.parse(cfg.schedule))
+    schedules = [Schedule.parse(s) for s in cfg.schedules]
+    if not schedules or not 2 <= cfg.calibration_rows <= cfg.prompts:
+        raise UsageError(f"schedules={cfg.schedules} must name a schedule (the first one's curve is swept) and "
+                         f"calibration_rows={cfg.calibration_rows} be in 2..prompts ({cfg.prompts})")
+    sweep = dose.Sweep(cfg.ws, cfg.cfgs, cfg.steps, cfg.shift, schedules[0])
     guidance = load_prompt_sets()["guidance"]
     variants = {"proposal": guidance} | guidance["variants"]
     if cfg.prompt_variant not in variants:
@@ -111,39 +109,42 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     noise = initial_noise(ctx.anima, len(prompts), cfg.size, cfg.seed)  # (B, C, h, w)
     sources, source_files = _sources(ctx, cfg)
     frames, metrics, figures, jitter = [], {}, {}, ["family,cfg,w0_batch_max_abs_diff"]
-    bar = tqdm(total=len(sources) * len(cfg.cfgs), desc="guidance-dose", disable=not ctx.progress)
+    bar = tqdm(total=len(sources) * (len(schedules) + len(cfg.cfgs)), desc="guidance-dose", disable=not ctx.progress)
     pplus, pplus_images = dose.prompt_baseline(ctx.anima, prompts, pos, cfg.negative, sweep, noise)
     for source, clip in sources:
-        fam = families.family_of(source).name
+        family = families.family_of(source)
         gp = prepare(ctx.anima, source, prompts, pos, neg, cfg.negative, clip=clip)
-        policies = _policies(fam, cfg)
-        df, checks, images = dose.sample_source(ctx.anima, gp, sweep, *policies, noise, progress=bar)
-        df.insert(0, "family", fam)
+        policy = family.default_policy if cfg.row_policy == "own" else CFGRowPolicy(cfg.row_policy)
+        calibrations = dose.calibrate_schedules(ctx.anima, gp, prompts, pos, neg, noise, sweep, schedules,
+                                                cfg.calibration_rows, bar)
+        cells = dose.arms(sweep, schedules, {n: c.w for n, c in calibrations.items()}, policy, family.every_block)
+        df, checks, images = dose.sample_source(ctx.anima, gp, sweep, cells, policy, noise, progress=bar)
+        df.insert(0, "family", family.name)
         # GEMM rounding at another batch size (~1e-6, machine- and thread-dependent): reported, never gated
-        jitter += [f"{fam},{k.split('/cfg')[1]},{checks.pop(k):.6g}" for k in list(checks) if "w0_batch" in k]
-        metrics |= {f"{fam}/{k}": v for k, v in dose.family_metrics(df, checks, policies, cfg.cfgs, cfg.n_boot,
-                                                                       cfg.seed).items()}
+        jitter += [f"{family.name},{k.split('/cfg')[1]},{checks.pop(k):.6g}" for k in list(checks) if "w0_batch" in k]
+        metrics |= {f"{family.name}/{k}": v for k, v in dose.family_metrics(
+            df, checks, calibrations, cfg.cfgs, cfg.prompts, cfg.n_boot, cfg.seed).items()}
         frames.append(df)
-        k = slice(0, min(cfg.grid_columns, len(prompts)))
-        rows = torch.cat([images[:1, :, k], pplus_images[None, :, k], images[1:, :, k]])  # (R, C, b, 3, H, W)
-        figures[f"grid_{fam}"] = grid_figure(rows, ["plain", "p+ in prompt"] + [f"w={w:g}" for w in cfg.ws],
-                                             [f"CFG {c:g}" for c in cfg.cfgs])
+        j = slice(0, min(cfg.grid_columns, len(prompts)))
+        rows = torch.cat([images[:1, :, j], pplus_images[None, :, j], images[1:, :, j]])  # (R, C, b, 3, H, W)
+        figures[f"grid_{family.name}"] = grid_figure(
+            rows, ["plain", "p+ in prompt"] + [f"{u:g} w_cal" for u in cfg.ws], [f"CFG {c:g}" for c in cfg.cfgs])
     bar.close()
     pplus.insert(0, "family", "none")
     # against the plain rows of one family (the plain model is the same for every family)
-    metrics |= dose.prompt_metrics(frames[0], pplus, cfg.cfgs, cfg.n_boot, cfg.seed)
+    metrics |= dose.prompt_metrics(frames[0], pplus, cfg.cfgs, cfg.prompts, cfg.n_boot, cfg.seed)
     df = pd.concat(frames + [pplus], ignore_index=True)
     df["prompt"] = [prompts[r] for r in df.row]
-    figures["dose_response"] = dose.dose_figure(df, cfg.cfgs, cfg.n_boot, cfg.seed)
-    lower = ("w0_max_abs_diff", "w0_vs_plain_max_abs_diff")
-    higher = {k: not any(f"/{n}" in k for n in lower) for k in metrics}
+    figures["dose_response"] = dose.dose_figure(df, cfg.cfgs, cfg.prompts, cfg.n_boot, cfg.seed)
+    lower = ("w0_max_abs_diff", "w0_vs_plain_max_abs_diff", "/broken", "broken_cells", "w_cal")
+    higher = {k: not any(n in k for n in lower) for k in metrics}
     return Result(metrics=metrics, higher_is_better=higher, figures=figures,
                   tables={"scores.csv": df.to_csv(index=False, float_format="%.6g"), "sources.csv": source_files,
                           "w0_batch_jitter.csv": "\n".join(jitter) + "\n"})
 
 
 EXPERIMENT = Experiment(
-    name="guidance-dose", version="2", config=GuidanceDoseConfig, fn=guidance_dose, needs_dit=True,
+    name="guidance-dose", version="3", config=GuidanceDoseConfig, fn=guidance_dose, needs_dit=True,
     needs_images=True,
-    question="Does modulation guidance with the proposal's quality p+/p- raise the toy quality score with its weight, "
-    "at every CFG scale, and is w = 0 exactly the base model?")
+    question="Does modulation guidance with the proposal's quality p+/p- raise the toy quality score at its calibrated "
+    "dose, at every CFG scale and block schedule, before the images break down, and is w = 0 exactly the base model?")

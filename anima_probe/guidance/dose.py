@@ -1,14 +1,17 @@
 """Does modulation guidance raise image quality with its weight, and does it still do so at every CFG scale?
 
 The proposal claims that Eq. 3 "yields quality improvements orthogonal to CFG". This module measures that claim on
-a model whose images can be scored (the toy world and its ``quality_score``). For one modulation source it samples a
-weight x CFG grid from shared initial noise (so every comparison is paired: same prompt, same noise), scores every
-image, and reduces the scores to
+a model whose images can be scored (the toy world and its ``quality_score``). For one modulation source it first
+calibrates the dose (``calibrated_w``: where the modulation moves the velocity as far as p+/p- in the prompt do),
+per block schedule, then samples a dose x CFG grid in units of that w_cal from shared initial noise (every
+comparison is paired: same prompt, same noise), scores every image, and reduces the scores to
 
-- the dose-response: within each (prompt, noise) row the Spearman correlation of score with w, averaged over rows,
-  and the OLS slope of score on w (score points per unit w);
-- the effect ``score(w_max) - score(0)`` at every CFG scale, with a percentile bootstrap CI over rows, so "persists
-  across CFG" is a number per scale;
+- the headline: the effect ``score(w_cal) - score(0)`` at every CFG scale and schedule, with a percentile bootstrap
+  CI over prompts (clusters: a prompt's noise draws are not independent), so "persists across CFG" is a number
+  per scale; the swapped pair (-w_cal) beside it;
+- the breakdown rule (``BREAKDOWN_SHARE``): a cell whose images the scorer mostly cannot read is broken, marked,
+  and kept out of every claim;
+- the dose-response over the unbroken cells of the curve: within-row Spearman and the OLS slope per unit w_cal;
 - two baselines from the same noise: the plain model (no modulation at all) and what a user would try first, the
   p+ tags written into the prompt.
 
@@ -39,13 +42,8 @@ from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.text import encode_prompts
 from anima_probe.pipeline.figures import new_figure
 from anima_probe.probes.stats import bootstrap_ci
-from anima_probe.toyworld.scorer import quality_score
+from anima_probe.toyworld.scorer import in_range, quality_score
 from anima_probe.toyworld.world import ARTISTS, CONTENT_TAGS, CONTENT_TYPES
-
-# The other port's convention, for the second policy: per-row-base (delta on both rows: CFG cancels it) against
-# cond-only (delta on the cond row only: CFG scales it); official (uncond P(""), no delta) against both.
-CONTRAST_POLICY = {CFGRowPolicy.PER_ROW_BASE: CFGRowPolicy.COND_ONLY, CFGRowPolicy.COND_ONLY: CFGRowPolicy.PER_ROW_BASE,
-                   CFGRowPolicy.OFFICIAL: CFGRowPolicy.BOTH, CFGRowPolicy.BOTH: CFGRowPolicy.OFFICIAL}
 
 
 def toy_prompts(n: int) -> list[str]:
@@ -59,7 +57,9 @@ def toy_prompts(n: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Sweep:
-    """What is swept, and how each image is sampled (Euler, the shift schedule)."""
+    """What is swept, and how each image is sampled (Euler, the shift schedule). ``ws`` are weights in units of
+    the calibrated dose w_cal (``calibrated_w``; negative: p+ and p- swapped); ``schedule`` is the one whose curve
+    is sampled (the others are read at w_cal only, ``arms``)."""
 
     ws: tuple[float, ...]
     cfgs: tuple[float, ...]
@@ -70,14 +70,25 @@ class Sweep:
     def __post_init__(self):
         if 0.0 not in self.ws or len(set(self.ws)) < 2:
             raise ValueError(f"ws must contain 0 (the base model) and at least one other weight, got {self.ws}")
+        if 1.0 not in self.ws:
+            raise ValueError(f"ws (units of w_cal) must contain 1, the calibrated dose the headline is read at, got "
+                             f"{self.ws}")
         if not self.cfgs or min(self.cfgs) < 1.0:
             raise ValueError(f"cfgs must be CFG scales >= 1 (1 = no CFG), got {self.cfgs}")
 
 
+def _flat(images: torch.Tensor) -> np.ndarray:
+    return images.reshape(-1, *images.shape[-3:]).permute(0, 2, 3, 1).float().cpu().numpy()  # (N, H, W, 3)
+
+
 def scores(images: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) in [0, 1] -> (...) toy quality scores (1..9 scale)."""
-    flat = images.reshape(-1, *images.shape[-3:]).permute(0, 2, 3, 1).float().cpu().numpy()  # (N, H, W, 3)
-    return quality_score(flat).reshape(images.shape[:-3])
+    return quality_score(_flat(images)).reshape(images.shape[:-3])
+
+
+def readable(images: torch.Tensor) -> np.ndarray:
+    """(..., 3, H, W) in [0, 1] -> (...) bool: the images the scorer reads (``scorer.in_range``)."""
+    return in_range(_flat(images)).reshape(images.shape[:-3])
 
 
 # ------------------------------------------------------------------------------- the calibrated dose
@@ -146,6 +157,20 @@ def calibrated_w(anima, gp: GuidedPrompts, prompts: Sequence[str], pos: str, neg
     return Calibration(w, text, moved)
 
 
+def calibrate_schedules(anima, gp: GuidedPrompts, prompts: Sequence[str], pos: str, neg: str, noise: torch.Tensor,
+                        sweep: Sweep, schedules: Sequence[Schedule], rows: int,
+                        progress=None) -> dict[str, Calibration]:
+    """``calibrated_w`` for each block schedule (by its text form), on the first ``rows`` rows: the dose is a
+    property of the model, the source and the blocks the vector enters, so each schedule gets its own."""
+    out = {}
+    for sched in schedules:
+        out[sched.text()] = calibrated_w(anima, head(gp, rows), prompts[:rows], pos, neg, noise[:rows],
+                                         replace(sweep, schedule=sched))
+        if progress is not None:
+            progress.update(1)
+    return out
+
+
 def _mean_norm(changes: list[torch.Tensor]) -> float:
     """Mean over steps and rows of the per-row L2 norm of a velocity change (each (B, C, h, w))."""
     return float(torch.stack([c.flatten(1).norm(dim=1) for c in changes]).mean())
@@ -205,52 +230,64 @@ def w0_checks(anima, gp: GuidedPrompts, sweep: Sweep, policy: CFGRowPolicy, cfg:
             f"w0_vs_plain_max_abs_diff/cfg{cfg:g}": float((in_batch - plain).abs().max())}
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One guided cell of the sweep: its block schedule (text form), w in units of that schedule's calibrated dose
+    (negative: p+ and p- swapped) and the Eq. 3 setting it samples."""
+
+    schedule: str
+    units: float
+    guidance: Guidance
+
+
+def arms(sweep: Sweep, schedules: Sequence[Schedule], w_cal: dict[str, float], policy: CFGRowPolicy,
+         every_block: bool) -> list[Arm]:
+    """The cells of one source: the sweep's own schedule over every unit of its calibrated dose (the curve), each
+    other schedule at w = 0 and at its own w_cal only. A family whose base reaches every block whatever the schedule
+    (``every_block``) has one w = 0 for all schedules, so only the first schedule samples it."""
+    out = []
+    for k, sched in enumerate(schedules):
+        name = sched.text()
+        units = sweep.ws if name == sweep.schedule.text() else (0.0, 1.0)
+        out += [Arm(name, u, Guidance(u * w_cal[name], sched, row_policy=policy)) for u in units
+                if u != 0.0 or not every_block or k == 0]
+    return out
+
+
 @torch.no_grad()
-def sample_source(anima, gp: GuidedPrompts, sweep: Sweep, policy: CFGRowPolicy, contrast: CFGRowPolicy | None,
+def sample_source(anima, gp: GuidedPrompts, sweep: Sweep, cells: Sequence[Arm], policy: CFGRowPolicy,
                   noise: torch.Tensor, progress=None) -> tuple[pd.DataFrame, dict[str, float], torch.Tensor]:
-    """One source over the sweep, one batch per CFG scale (plain, every w, the contrast policy at 0 and w_max).
-    Returns long-form scores (arm, policy, w, cfg, row, score), the pixel-space checks, and the images of the
-    own policy as (1 + len(ws), len(cfgs), B, 3, H, W) with the plain model first."""
-    ws, frames, grid, checks = list(sweep.ws), [], [], {}
-    i0, i_max = 1 + ws.index(0.0), 1 + ws.index(max(ws))
+    """One source, one batch per CFG scale (the plain model, then every arm). Returns long-form scores (arm,
+    schedule, units, w, cfg, row, score, in_range), the pixel-space checks of the sweep's own schedule, and the
+    images of its curve as (1 + len(ws), len(cfgs), B, 3, H, W) with the plain model first."""
+    own = sweep.schedule.text()
+    curve = [i for i, a in enumerate(cells) if a.schedule == own]
+    i0 = 1 + next(i for i in curve if cells[i].units == 0.0)
+    i1 = 1 + next(i for i in curve if cells[i].units == 1.0)
+    frames, grid, checks = [], [], {}
     for cfg in sweep.cfgs:
-        cells = [Cell(None, cfg)] + [Cell(Guidance(w, sweep.schedule, row_policy=policy), cfg) for w in ws]
-        extra = _contrast_ws(policy, contrast, max(ws)) if cfg != 1.0 else []  # CFG 1 never runs the uncond row
-        cells += [Cell(Guidance(w, sweep.schedule, row_policy=contrast), cfg) for w in extra]
-        x = sample_cells(anima, gp, cells, noise, steps=sweep.steps, shift=sweep.shift)  # (K, B, C, h, w)
+        x = sample_cells(anima, gp, [Cell(None, cfg)] + [Cell(a.guidance, cfg) for a in cells], noise,
+                         steps=sweep.steps, shift=sweep.shift)  # (K, B, C, h, w)
         decoded = anima.decode(x.flatten(0, 1))  # (K*B, 3, H, W)
-        images = decoded.view(len(cells), len(gp), *decoded.shape[1:])
-        s = scores(images)  # (K, B)
-        frames += [_frame("plain", "none", [np.nan], cfg, s[:1]), _frame("guided", policy.value, ws, cfg,
-                                                                            s[1 : 1 + len(ws)])]
-        if contrast is not None:  # where not sampled (CFG 1; w = 0 with the same uncond base), bit for bit the own
-            c_ws = [0.0, max(ws)]
-            frames.append(_frame("guided", contrast.value, c_ws, cfg,
-                                 np.stack([s[1 + len(ws) + extra.index(w)] if w in extra else s[1 + ws.index(w)]
-                                           for w in c_ws])))
+        images = decoded.view(1 + len(cells), len(gp), *decoded.shape[1:])
+        s, ok = scores(images), readable(images)  # (K, B) each
+        frames.append(_frame("plain", "none", np.nan, np.nan, cfg, s[0], ok[0]))
+        frames += [_frame("guided", a.schedule, a.units, a.guidance.w, cfg, s[1 + i], ok[1 + i])
+                   for i, a in enumerate(cells)]
         checks |= w0_checks(anima, gp, sweep, policy, cfg, noise, images[i0], images[0])
-        checks[f"pixel_change/cfg{cfg:g}"] = float((images[i_max] - images[i0]).abs().mean())
-        grid.append(images[: 1 + len(ws)])
+        checks[f"pixel_change/cfg{cfg:g}"] = float((images[i1] - images[i0]).abs().mean())
+        grid.append(images[[0] + [1 + i for i in curve]])
         if progress is not None:
             progress.update(1)
     checks["delta_rel_norm"] = float(gp.delta.norm() / gp.base_cond.norm(dim=-1).mean())
     return pd.concat(frames, ignore_index=True), checks, torch.stack(grid, dim=1)
 
 
-def _contrast_ws(policy: CFGRowPolicy, contrast: CFGRowPolicy | None, w_max: float) -> list[float]:
-    """Weights the contrast policy must sample at CFG > 1: w_max, and w = 0 only if its uncond row differs from the
-    own policy's there (per-row-base and cond-only share P(negative); official P("") and both P(prompt) do not)."""
-    if contrast is None:
-        return []
-    same_base = {policy, contrast} <= {CFGRowPolicy.PER_ROW_BASE, CFGRowPolicy.COND_ONLY} or policy is contrast
-    return [w_max] if same_base else [0.0, w_max]
-
-
-def _frame(arm: str, policy: str, ws: Sequence[float], cfg: float, s: np.ndarray) -> pd.DataFrame:
-    """s (len(ws), B) -> long rows."""
-    K, B = s.shape
-    return pd.DataFrame({"arm": arm, "policy": policy, "w": np.repeat(np.asarray(ws, float), B), "cfg": cfg,
-                         "row": np.tile(np.arange(B), K), "score": s.reshape(-1)})
+def _frame(arm: str, schedule: str, units: float, w: float, cfg: float, s: np.ndarray,
+           ok: np.ndarray) -> pd.DataFrame:
+    """One cell's (B,) scores and in-range flags -> long rows."""
+    return pd.DataFrame({"arm": arm, "schedule": schedule, "units": units, "w": w, "cfg": cfg,
+                         "row": np.arange(len(s)), "score": s, "in_range": ok.astype(float)})
 
 
 @torch.no_grad()
@@ -264,21 +301,51 @@ def prompt_baseline(anima, prompts: list[str], pos: str, negative: str, sweep: S
     for cfg in sweep.cfgs:
         images.append(reference_sample(anima, tc.crossattn_emb[:B], tc.crossattn_emb[B:].expand(B, -1, -1), None,
                                        cfg, noise, sweep))  # (B, 3, H, W)
-        frames.append(_frame("p_plus_prompt", "none", [np.nan], cfg, scores(images[-1])[None]))
+        frames.append(_frame("p_plus_prompt", "none", np.nan, np.nan, cfg, scores(images[-1]),
+                             readable(images[-1])))
     return pd.concat(frames, ignore_index=True), torch.stack(images)
 
 
 # ------------------------------------------------------------------------------- from scores to numbers
-def _table(df: pd.DataFrame, policy: str, cfg: float) -> pd.DataFrame:
-    """(rows, ws) score table of one policy at one CFG scale."""
-    sub = df[(df.arm == "guided") & (df.policy == policy) & (df.cfg == cfg)]
-    return sub.pivot(index="row", columns="w", values="score").sort_index(axis=1)
+# The breakdown rule, fixed before the v3 run (issue 11 item 3): a cell is broken when more than this share of its
+# images is out of the range the scorer reads (``scorer.in_range``: noise, stripes, flat colour score the floor 1).
+# A broken cell is marked on the figure and kept out of every effect claim: its effect is reported, never read.
+BREAKDOWN_SHARE = 0.25
 
 
-def paired_effect(diff: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
-    """Mean of per-row differences and its percentile bootstrap 95% CI over rows."""
-    lo, hi = bootstrap_ci(lambda idx: float(diff[idx].mean()), len(diff), n_boot=n_boot, seed=seed)
-    return float(diff.mean()), lo, hi
+def cluster_effect(diff: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Mean of per-cluster mean differences and its percentile bootstrap 95% CI resampling *clusters* (prompts:
+    the noise draws of one prompt are not independent samples). diff, clusters: (rows,)."""
+    _, inv = np.unique(clusters, return_inverse=True)
+    means = np.bincount(inv, weights=diff) / np.bincount(inv)  # (P,)
+    lo, hi = bootstrap_ci(lambda idx: float(means[idx].mean()), len(means), n_boot=n_boot, seed=seed)
+    return float(means.mean()), lo, hi
+
+
+def _cell(df: pd.DataFrame, arm: str, cfg: float, schedule: str = "none", units: float | None = None) -> pd.DataFrame:
+    """One cell's rows, sorted by row (units None: the cell has none, plain or the prompt baseline)."""
+    sel = (df.arm == arm) & (df.cfg == cfg) & (df.schedule == schedule)
+    if units is not None:
+        sel &= np.isclose(df.units, units)
+    return df[sel].sort_values("row")
+
+
+def reference(df: pd.DataFrame, schedule: str, cfg: float) -> pd.DataFrame:
+    """The w = 0 cell an arm of ``schedule`` is compared with: its own, or (a family whose base reaches every block
+    whatever the schedule samples it once) the one that was sampled."""
+    own = _cell(df, "guided", cfg, schedule, 0.0)
+    return own if len(own) else df[(df.arm == "guided") & (df.cfg == cfg) & (df.units == 0.0)].sort_values("row")
+
+
+def arm_effect(cell: pd.DataFrame, base: pd.DataFrame, prompts: int, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Paired effect of ``cell`` over ``base`` (same rows), CI over prompts (row r is prompt r % prompts)."""
+    diff = cell.score.to_numpy() - base.score.to_numpy()
+    return cluster_effect(diff, cell.row.to_numpy() % prompts, n_boot, seed)
+
+
+def broken(cell: pd.DataFrame) -> bool:
+    """The breakdown rule (``BREAKDOWN_SHARE``)."""
+    return float(1.0 - cell.in_range.mean()) > BREAKDOWN_SHARE
 
 
 def within_row_spearman(table: pd.DataFrame) -> float:
@@ -295,82 +362,94 @@ def ols_slope(table: pd.DataFrame) -> float:
     return float((centred @ (w - w.mean())).sum() / (len(table) * ((w - w.mean()) ** 2).sum()))
 
 
-def dose_metrics(df: pd.DataFrame, policy: str, cfgs: Sequence[float], n_boot: int,
-                 seed: int) -> dict[str, float]:
-    """Per CFG: effect (w_max - 0) with CI, within-row Spearman, OLS slope; plus the fraction of CFG scales whose
-    effect CI lies above 0 (``persists``: 1.0 = at every scale)."""
+def schedule_metrics(df: pd.DataFrame, schedule: str, cfgs: Sequence[float], prompts: int, n_boot: int,
+                     seed: int) -> dict[str, float]:
+    """One schedule's headline, per CFG: the effect at its calibrated dose (units 1) over w = 0 with its
+    prompt-clustered CI, the share of those images in the scorer's range and whether the cell is broken; the
+    swapped pair (units -1) where sampled; ``persists``: the share of CFG scales whose effect CI lies above 0 in an
+    unbroken cell. On a curve (more than w = 0 and w_cal): within-row Spearman and OLS slope (per unit of w_cal)
+    over its unbroken cells, and how many cells broke."""
     out, above = {}, []
     for cfg in cfgs:
-        t = _table(df, policy, cfg)
-        mean, lo, hi = paired_effect((t[t.columns.max()] - t[0.0]).to_numpy(), n_boot, seed)
-        out |= {f"effect/cfg{cfg:g}": mean, f"effect_lo/cfg{cfg:g}": lo, f"effect_hi/cfg{cfg:g}": hi}
-        above.append(lo > 0)
-        if len(t.columns) > 2:
-            out |= {f"spearman/cfg{cfg:g}": within_row_spearman(t), f"slope/cfg{cfg:g}": ols_slope(t)}
+        base, at = reference(df, schedule, cfg), _cell(df, "guided", cfg, schedule, 1.0)
+        mean, lo, hi = arm_effect(at, base, prompts, n_boot, seed)
+        out |= {f"effect/cfg{cfg:g}": mean, f"effect_lo/cfg{cfg:g}": lo, f"effect_hi/cfg{cfg:g}": hi,
+                f"in_range/cfg{cfg:g}": float(at.in_range.mean()), f"broken/cfg{cfg:g}": float(broken(at))}
+        above.append(lo > 0 and not broken(at))
+        if len(swapped := _cell(df, "guided", cfg, schedule, -1.0)):
+            mean, lo, hi = arm_effect(swapped, base, prompts, n_boot, seed)
+            out |= {f"swapped/effect/cfg{cfg:g}": mean, f"swapped/effect_lo/cfg{cfg:g}": lo,
+                    f"swapped/effect_hi/cfg{cfg:g}": hi}
+        curve = df[(df.arm == "guided") & (df.cfg == cfg) & (df.schedule == schedule)]
+        if curve.units.nunique() > 2:
+            ok = [u for u, c in curve.groupby("units") if not broken(c)]
+            out[f"broken_cells/cfg{cfg:g}"] = float(curve.units.nunique() - len(ok))
+            table = curve[curve.units.isin(ok)].pivot(index="row", columns="units", values="score")
+            if table.shape[1] > 1:
+                out |= {f"spearman/cfg{cfg:g}": within_row_spearman(table), f"slope/cfg{cfg:g}": ols_slope(table)}
     out["persists"] = float(np.mean(above))
     return out
 
 
-def arm_effect(df: pd.DataFrame, arm: str, cfg: float, n_boot: int, seed: int, *, policy: str | None = None,
-               w: float = 0.0) -> tuple[float, float, float]:
-    """Paired effect of ``arm`` (p_plus_prompt) or of the guided w (``policy`` given) against the plain model."""
-    plain = df[(df.arm == "plain") & (df.cfg == cfg)].sort_values("row").score.to_numpy()
-    sel = (df.arm == arm) & (df.cfg == cfg)
-    if policy is not None:
-        sel &= (df.policy == policy) & (df.w == w)
-    return paired_effect(df[sel].sort_values("row").score.to_numpy() - plain, n_boot, seed)
+def family_metrics(df: pd.DataFrame, checks: dict[str, float], calibrations: dict[str, Calibration],
+                   cfgs: Sequence[float], prompts: int, n_boot: int, seed: int) -> dict[str, float]:
+    """One source's numbers: the pixel checks (``w0_max_abs_diff`` also as its max over CFG scales), per schedule
+    its calibrated dose (w_cal and the norm ratio it reached) and ``schedule_metrics``, and the base effect (the
+    sweep's own w = 0 against the plain model)."""
+    out = dict(checks)
+    out["w0_max_abs_diff"] = max(v for k, v in checks.items() if k.startswith("w0_max_abs_diff/"))
+    for name, cal in calibrations.items():
+        out |= {f"{name}/w_cal": cal.w, f"{name}/w_cal_ratio": cal.ratio}
+        out |= {f"{name}/{k}": v for k, v in schedule_metrics(df, name, cfgs, prompts, n_boot, seed).items()}
+    first = next(iter(calibrations))
+    for c in cfgs:
+        out[f"base_effect/cfg{c:g}"] = arm_effect(reference(df, first, c), _cell(df, "plain", c), prompts,
+                                                  n_boot, seed)[0]
+    return out
 
 
-def prompt_metrics(plain: pd.DataFrame, pplus: pd.DataFrame, cfgs: Sequence[float], n_boot: int,
+def prompt_metrics(plain: pd.DataFrame, pplus: pd.DataFrame, cfgs: Sequence[float], prompts: int, n_boot: int,
                    seed: int) -> dict[str, float]:
     """The p+-in-the-prompt baseline against the plain model (its rows in ``plain``), per CFG with its CI."""
     out = {}
     for c in cfgs:
-        mean, lo, hi = arm_effect(pd.concat([plain, pplus]), "p_plus_prompt", c, n_boot, seed)
+        mean, lo, hi = arm_effect(_cell(pplus, "p_plus_prompt", c), _cell(plain, "plain", c), prompts,
+                                  n_boot, seed)
         out |= {f"p_plus_prompt/effect/cfg{c:g}": mean, f"p_plus_prompt/effect_lo/cfg{c:g}": lo,
                 f"p_plus_prompt/effect_hi/cfg{c:g}": hi}
     return out
 
 
-def family_metrics(df: pd.DataFrame, checks: dict[str, float], policies: Sequence[CFGRowPolicy | None],
-                   cfgs: Sequence[float], n_boot: int, seed: int) -> dict[str, float]:
-    """One source's numbers: the pixel checks (``w0_max_abs_diff`` also as its max over CFG scales), the dose
-    metrics of each policy, and against the plain model the base effect (w = 0) and the total at w_max."""
-    out = dict(checks)
-    out["w0_max_abs_diff"] = max(v for k, v in checks.items() if k.startswith("w0_max_abs_diff/"))
-    for policy in filter(None, policies):
-        out |= {f"{policy.value}/{k}": v for k, v in dose_metrics(df, policy.value, cfgs, n_boot, seed).items()}
-    own, w_max = policies[0].value, df[df.arm == "guided"].w.max()
-    for c in cfgs:
-        out[f"base_effect/cfg{c:g}"] = arm_effect(df, "guided", c, n_boot, seed, policy=own, w=0.0)[0]
-        out[f"vs_plain_wmax/cfg{c:g}"] = arm_effect(df, "guided", c, n_boot, seed, policy=own, w=w_max)[0]
-    return out
-
-
-def dose_figure(df: pd.DataFrame, cfgs: Sequence[float], n_boot: int, seed: int):
-    """One panel per (family, policy), two per row: mean paired score change against the plain model vs w (symlog
-    axis, so the low doses are readable), one line per CFG scale, 95% bootstrap CI bars; dashed: the
-    p+-in-the-prompt baseline at the same scale."""
-    panels = df[df.arm == "guided"][["family", "policy"]].drop_duplicates().to_numpy().tolist()
+def dose_figure(df: pd.DataFrame, cfgs: Sequence[float], prompts: int, n_boot: int, seed: int):
+    """One panel per (family, schedule), two per row: mean paired score change against w = 0 vs w in units of
+    that schedule's calibrated dose (the headline at 1, shaded), one line per CFG scale with 95 % prompt-clustered
+    CI bars; a broken cell (``BREAKDOWN_SHARE``) is drawn as a hollow red-edged marker, outside every claim;
+    dashed: the p+-in-the-prompt baseline (against the plain model) at the same scale."""
+    panels = df[df.arm == "guided"][["family", "schedule"]].drop_duplicates().to_numpy().tolist()
     cols = min(2, len(panels))
     rows = -(-len(panels) // cols)
     fig = new_figure(figsize=(4.6 * cols, 3.3 * rows), layout="constrained")
-    colours = [f"C{i}" for i in range(len(cfgs))]
-    for k, (family, policy) in enumerate(panels):
+    for k, (family, schedule) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, k + 1)
         sub = df[df.family.isin([family, "none"])]  # "none": the family-free p+ prompt baseline
-        for cfg, colour in zip(cfgs, colours, strict=True):
-            ws = sorted(sub[(sub.arm == "guided") & (sub.policy == policy) & (sub.cfg == cfg)].w.unique())
-            eff = np.array([arm_effect(sub, "guided", cfg, n_boot, seed, policy=policy, w=w) for w in ws])  # (W, 3)
-            ax.errorbar(ws, eff[:, 0], yerr=[eff[:, 0] - eff[:, 1], eff[:, 2] - eff[:, 0]], color=colour,
+        units = sorted(sub[(sub.arm == "guided") & (sub.schedule == schedule)].units.unique())
+        ax.axvspan(0.9, 1.1, color="0.9", lw=0)
+        for i, cfg in enumerate(cfgs):
+            base = reference(sub, schedule, cfg)
+            cells = [_cell(sub, "guided", cfg, schedule, u) for u in units]
+            eff = np.array([arm_effect(c, base, prompts, n_boot, seed) for c in cells])  # (U, 3)
+            ax.errorbar(units, eff[:, 0], yerr=[eff[:, 0] - eff[:, 1], eff[:, 2] - eff[:, 0]], color=f"C{i}",
                         marker="o", ms=3, capsize=2, label=f"CFG {cfg:g}")
-            ax.axhline(arm_effect(sub, "p_plus_prompt", cfg, n_boot, seed)[0], color=colour, ls="--", lw=0.8)
+            bad = [j for j, c in enumerate(cells) if broken(c)]
+            ax.scatter(np.asarray(units)[bad], eff[bad, 0], s=60, facecolors="none", edgecolors="red", zorder=3)
+            plain = _cell(sub, "plain", cfg)
+            ax.axhline(arm_effect(_cell(sub, "p_plus_prompt", cfg), plain, prompts, n_boot, seed)[0]
+                       - arm_effect(base, plain, prompts, n_boot, seed)[0], color=f"C{i}", ls="--", lw=0.8)
         ax.axhline(0.0, color="0.6", lw=0.6)
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xticks(ws, [f"{w:g}" for w in ws])
-        ax.set_title(f"{family} / {policy}", fontsize=8)
-        ax.set_xlabel("guidance weight w")
+        ax.set_xticks(units, [f"{u:g}" for u in units])
+        ax.set_title(f"{family} / {schedule}", fontsize=8)
+        ax.set_xlabel("w / w_cal (shaded: the headline; red ring: broken cell)")
         if k % cols == 0:
-            ax.set_ylabel("quality score change vs plain model")
+            ax.set_ylabel("quality score change vs w = 0")
         ax.legend(fontsize=7, title="dashed: p+ in prompt", title_fontsize=6)
     return fig

@@ -26,7 +26,6 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -37,7 +36,7 @@ from anima_probe.model.anima import CROSSATTN_TOKENS
 from anima_probe.model.text import PromptTokens, crossattn
 from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.probes.pooling import pool_named
-from anima_probe.toyworld.world import ARTISTS, ToyImage, quality_tags
+from anima_probe.toyworld.world import ToyImage, quality_tags
 
 POOLING = "max_padded"  # sorryhyun's pooling, which guided.prepare uses at inference for this family
 PROJECTION_FILE = "pooled_text_proj.safetensors"  # inside the model folder: a model that carries its own source
@@ -118,94 +117,31 @@ def pooled_injection(anima, projection: PooledTextProjection | None, pooled: tor
 
 
 # ------------------------------------------------------------------------------- the known answer, checked
-@torch.no_grad()
-def guidance_check(anima, projection: PooledTextProjection, pos: str, neg: str, *, prompts: int = 16, seeds: int = 2,
-                   ws: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0), cfgs: tuple[float, ...] = (1.0, 3.0, 5.0),
-                   steps: int = 8, shift: float = 3.0, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Does Eq. 3 with the model's own projection raise the toy quality score? The guidance-dose setting (toy
-    prompts without quality tags, the family's own CFG-row policy, every block, shared noise), scored per
-    (cfg, w) as the mean paired change against w = 0 with a 95 % bootstrap CI over *prompts* (each prompt's
-    `seeds` noise rows are one cluster), and the share of images the scorer can read (`scorer.in_range`)."""
-    from anima_probe.guidance.dose import scores, toy_prompts
-    from anima_probe.guidance.guided import Cell, Guidance, prepare, sample_cells
-    from anima_probe.guidance.samplers import initial_noise
-    from anima_probe.probes.stats import bootstrap_ci
-    from anima_probe.toyworld.scorer import in_range
-
-    rows = [p for _ in range(seeds) for p in toy_prompts(prompts)]  # row r: prompt r % prompts
-    noise = initial_noise(anima, len(rows), 32, seed)  # (R, 3, 32, 32)
-    gp = prepare(anima, projection, rows, pos, neg)
-    out = []
-    for cfg in cfgs:
-        x = sample_cells(anima, gp, [Cell(Guidance(w), cfg) for w in ws], noise, steps=steps, shift=shift)
-        images = anima.decode(x.flatten(0, 1))  # (K*R, 3, H, W)
-        s = scores(images).reshape(len(ws), len(rows))  # (K, R)
-        readable = in_range(images.permute(0, 2, 3, 1).cpu().numpy()).reshape(len(ws), len(rows))
-        for k, w in enumerate(ws):
-            per_prompt = (s[k] - s[ws.index(0.0)]).reshape(seeds, prompts).mean(axis=0)  # (P,) cluster means
-            lo, hi = bootstrap_ci(lambda idx, d=per_prompt: d[idx].mean(), prompts, n_boot=n_boot, seed=seed)
-            out.append({"cfg": cfg, "w": w, "effect": per_prompt.mean(), "lo": lo, "hi": hi,
-                        "score": s[k].mean(), "in_range": readable[k].mean()})
-    return pd.DataFrame(out)
-
-
-@torch.no_grad()
-def calibrated_dose(anima, projection: PooledTextProjection, pos: str, neg: str, prompts: int = 16,
-                    quality: int = 9) -> float:
-    """The w at which Eq. 3 moves a prompt's pooled modulation as far along ``P(p+) - P(p-)`` as the prompt's own
-    top planted quality tags do: mean over prompts of <P(pool(tags_q, prompt)) - P(pool(prompt)), d> / |d|^2.
-
-    Why: the proposal's w is in units of |P(p+) - P(p-)|, which is a property of the model. For the shipped positive
-    control that delta is ~1.6x the whole trained quality span (score_1 .. score_9 captions sit at w = -0.46 ..
-    +0.16), so w >= 0.5 drives the modulation off the trained support. This dose stays inside it by construction."""
-    from anima_probe.guidance.dose import toy_prompts
-    from anima_probe.guidance.guided import prepare
-
-    rows = toy_prompts(prompts)
-    plain = prepare(anima, projection, rows, pos, neg)
-    tagged = prepare(anima, projection, [f"{', '.join(quality_tags(quality))}, {r}" for r in rows], pos, neg)
-    d = plain.delta.flatten()  # (W,)
-    return float(((tagged.base_cond - plain.base_cond) @ d).mean() / (d @ d))
-
-
-def known_answer(anima, projection: PooledTextProjection, pos: str, neg: str, neutral: tuple[str, str],
-                 **kw) -> pd.DataFrame:
-    """The check at the calibrated dose (w = 0, w_cal / 2, w_cal): p+/p-, swapped, and a neutral pair (two
-    artist tags: artist and quality are independent in the world) dosed to the same modulation length."""
-    from anima_probe.guidance.guided import prepare
-
-    w_cal = calibrated_dose(anima, projection, pos, neg)
-    deltas = prepare(anima, projection, [""], pos, neg).delta, prepare(anima, projection, [""], *neutral).delta
-    w_neutral = w_cal * float(deltas[0].norm() / deltas[1].norm())
-    frames = [guidance_check(anima, projection, a, b, ws=(0.0, w / 2, w), **kw).assign(pair=name, w_cal=w)
-              for a, b, name, w in ((pos, neg, "p+/p-", w_cal), (neg, pos, "swapped", w_cal),
-                                    (*neutral, "neutral", w_neutral))]
-    return pd.concat(frames, ignore_index=True)
-
-
-NEUTRAL = ARTISTS[:2]  # the negative control's pair: two artist tags, fixed before any run
+# The known answer is read by the guidance-dose experiment run on this model (one way to sample, dose and score):
+# its metrics are committed beside the model, and tests/acceptance/test_positive_control.py reads them.
+KNOWN_ANSWER = SHIPPED.parent / "guidance_dose_metrics.json"
+KNOWN_ANSWER_COMMAND = ("anima-probe run guidance-dose --model data/toyworld/positive_control/model "
+                        "projection=data/toyworld/positive_control/model/pooled_text_proj.safetensors cosmos_adapter=none")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print and write the known-answer check of a positive-control model at the calibrated dose."""
+    """Commit a guidance-dose run on this model (``KNOWN_ANSWER_COMMAND``) as its known answer, ``KNOWN_ANSWER``."""
     import argparse
 
-    from anima_probe.model.anima import load_anima
-    from anima_probe.pipeline.atomic import atomic_write_text
-    from anima_probe.pipeline.manifests import load_prompt_sets
+    from anima_probe.errors import InputError
+    from anima_probe.pipeline.atomic import atomic_write_json
+    from anima_probe.pipeline.runs import read_run
 
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--model", default=str(SHIPPED))
-    ap.add_argument("--out", default=None, help="csv to write (default: print only)")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    anima = load_anima(args.model, with_vae=False)
-    projection = load_projection(str(Path(args.model) / PROJECTION_FILE), anima)
-    pair = load_prompt_sets()["guidance"]
-    table = known_answer(anima, projection, pair["positive"], pair["negative"], NEUTRAL)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    if args.out:
-        atomic_write_text(Path(args.out), table.to_csv(index=False, float_format="%.4f"))
+    ap.add_argument("run_dir", help="the run folder NNN-guidance-dose of KNOWN_ANSWER_COMMAND")
+    record = read_run(ap.parse_args(argv).run_dir)
+    projection = Path(str(record.config.get("projection", "")))
+    if record.experiment != "guidance-dose" or projection.parts[-3:] != ("positive_control", "model", PROJECTION_FILE):
+        raise InputError(f"{record.experiment} run with projection={projection}: not the positive control's "
+                         f"guidance-dose run ({KNOWN_ANSWER_COMMAND})")
+    atomic_write_json(KNOWN_ANSWER, {"command": KNOWN_ANSWER_COMMAND, "experiment": record.experiment,
+                                     "version": record.version, "git_hash": record.git_hash, "date": record.date,
+                                     "model": record.model, "config": record.config, "metrics": record.metrics})
     return 0
 
 

@@ -39,7 +39,7 @@ def test_shipped_toy_sources_beat_the_empty_prompt_on_unseen_images(family, tmp_
 
 
 def test_the_destroyed_w8_guidance_images_score_at_the_floor():
-    """guidance-dose's default grid at w = 8 (reports/figures/guidance_grid_*.png: noise and stripes) for both
+    """guidance-dose v2's grid top w = 8 (its guidance_grid_*.png figures showed noise and stripes) for both
     shipped sources: every image is out of the scorer's range and scores its floor, not the 3-4 it used to."""
     from anima_probe.guidance import families, guided
     from anima_probe.guidance.dose import toy_prompts

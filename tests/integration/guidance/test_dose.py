@@ -13,6 +13,7 @@ import torch
 
 from anima_probe.guidance import dose
 from anima_probe.guidance.eq3 import CFGRowPolicy
+from anima_probe.guidance.schedules import Schedule
 from anima_probe.guidance.sources import (
     CosmosPooledAdapter,
     PooledTextProjection,
@@ -24,8 +25,8 @@ from anima_probe.pipeline.experiment import Context, apply_overrides, get
 from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.toyworld.world import QUALITY_LEVELS
 
-TINY = {"prompts": "2", "seeds": "1", "ws": "0,2,4", "cfgs": "1,3", "steps": "2", "n_boot": "20",
-        "grid_columns": "2", "cosmos_adapter": "none"}
+TINY = {"prompts": "2", "seeds": "2", "ws": "-1,0,1,2", "cfgs": "1,3", "steps": "2", "n_boot": "20",
+        "grid_columns": "2", "cosmos_adapter": "none", "schedules": "uniform,step:1", "calibration_rows": "2"}
 EXPERIMENT = get("guidance-dose")
 
 
@@ -66,13 +67,16 @@ def test_planted_delta_moves_images_and_w0_is_exactly_the_base_model(rgb_anima, 
     m, fam = res.metrics, "pooled_text_proj"
     for cfg in ("1", "3"):
         assert m[f"{fam}/w0_max_abs_diff/cfg{cfg}"] == 0.0  # measured against the hand-written base sampler
-        assert m[f"{fam}/pixel_change/cfg{cfg}"] > 1e-3  # w_max moves the images
+        assert m[f"{fam}/pixel_change/cfg{cfg}"] > 1e-3  # w_cal moves the images
         assert m[f"{fam}/w0_vs_plain_max_abs_diff/cfg{cfg}"] > 1e-3  # y = P(p) is itself a model change
-        for key in ("effect", "effect_lo", "effect_hi", "spearman", "slope"):
-            assert f"{fam}/per-row-base/{key}/cfg{cfg}" in m
-        assert f"{fam}/cond-only/effect/cfg{cfg}" in m  # the contrast policy: w = 0 and w_max only
+        for key in ("effect", "effect_lo", "effect_hi", "in_range", "broken", "swapped/effect", "spearman", "slope",
+                    "broken_cells"):
+            assert f"{fam}/uniform/{key}/cfg{cfg}" in m, key
+        assert f"{fam}/step:1/effect/cfg{cfg}" in m and f"{fam}/step:1/swapped/effect/cfg{cfg}" not in m
         assert f"p_plus_prompt/effect/cfg{cfg}" in m and f"{fam}/base_effect/cfg{cfg}" in m
-    assert m[f"{fam}/w0_max_abs_diff"] == 0.0 and 0.0 <= m[f"{fam}/per-row-base/persists"] <= 1.0
+    for sched in ("uniform", "step:1"):  # a dose per schedule, and the search converged
+        assert m[f"{fam}/{sched}/w_cal"] > 0 and m[f"{fam}/{sched}/w_cal_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert m[f"{fam}/w0_max_abs_diff"] == 0.0 and 0.0 <= m[f"{fam}/uniform/persists"] <= 1.0
     jitter = pd.read_csv(pd.io.common.StringIO(res.tables["w0_batch_jitter.csv"]))
     assert len(jitter) == 2 and (jitter.w0_batch_max_abs_diff < 1e-4).all()  # float noise, kept out of the gate
     assert not any("w0_batch" in k for k in m)
@@ -80,22 +84,18 @@ def test_planted_delta_moves_images_and_w0_is_exactly_the_base_model(rgb_anima, 
     assert res.higher_is_better[f"{fam}/w0_max_abs_diff"] is False
     assert set(res.figures) == {"dose_response", "grid_pooled_text_proj"}
     table = pd.read_csv(pd.io.common.StringIO(res.tables["scores.csv"]))
-    # per CFG: plain + 3 weights (own) + 2 (contrast) rows per prompt, then the p+ prompt baseline
-    assert len(table) == 2 * 2 * (1 + 3 + 2) + 2 * 2
-    at_cfg1 = table[(table.cfg == 1) & (table.arm == "guided")]
-    own = at_cfg1[at_cfg1.policy == "per-row-base"].set_index(["w", "row"]).score
-    contrast = at_cfg1[at_cfg1.policy == "cond-only"].set_index(["w", "row"]).score
-    assert np.array_equal(own.loc[contrast.index].to_numpy(), contrast.to_numpy())  # CFG 1: the same images
+    # per CFG and row: plain + 4 units on uniform + w_cal on step:1 (its w = 0 is uniform's: the base reaches every
+    # block), then the p+ prompt baseline
+    assert len(table) == 2 * 4 * (1 + 4 + 1) + 2 * 4
+    curve = table[(table.schedule == "uniform") & (table.cfg == 1)]
+    w_cal = m[f"{fam}/uniform/w_cal"]
+    assert np.allclose(curve.w, curve.units * w_cal)  # the grid is in units of the calibrated dose
 
 
-def test_zero_initialised_projection_changes_nothing(rgb_anima, tmp_path):
-    res = _run(rgb_anima, tmp_path, projection=_projection(rgb_anima, tmp_path / "z.safetensors", planted=False))
-    m, fam = res.metrics, "pooled_text_proj"
-    for cfg in ("1", "3"):
-        assert m[f"{fam}/pixel_change/cfg{cfg}"] == 0.0 and m[f"{fam}/w0_vs_plain_max_abs_diff/cfg{cfg}"] == 0.0
-        assert m[f"{fam}/per-row-base/effect/cfg{cfg}"] == 0.0 and m[f"{fam}/per-row-base/slope/cfg{cfg}"] == 0.0
-        assert m[f"{fam}/per-row-base/spearman/cfg{cfg}"] == 0.0  # no change counts as no trend, never NaN
-    assert m[f"{fam}/per-row-base/persists"] == 0.0
+def test_zero_initialised_projection_cannot_be_calibrated(rgb_anima, tmp_path):
+    """A source that moves nothing has no dose: named, not a silent w = inf."""
+    with pytest.raises(ValueError, match="does not move the velocity"):
+        _run(rgb_anima, tmp_path, projection=_projection(rgb_anima, tmp_path / "z.safetensors", planted=False))
 
 
 def test_both_families_on_the_same_prompts_noise_and_weights(rgb_anima, tmp_path):
@@ -105,17 +105,16 @@ def test_both_families_on_the_same_prompts_noise_and_weights(rgb_anima, tmp_path
         adapter.scales.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(0))
     res = _run(rgb_anima, tmp_path, projection=_projection(rgb_anima, tmp_path / "p.safetensors", planted=True),
                cosmos_adapter=str(save_cosmos_pooled_adapter(adapter, tmp_path / "c.safetensors")), clip=str(clip),
-               ws="0,4")
+               ws="0,1")
     m = res.metrics
     assert m["cosmos/w0_max_abs_diff"] == 0.0 and m["cosmos/pixel_change/cfg3"] > 1e-4
-    assert {"cosmos/official/effect/cfg3", "cosmos/both/effect/cfg3", "grid_cosmos"} <= set(m) | set(res.figures)
+    assert {"cosmos/uniform/effect/cfg3", "cosmos/step:1/effect/cfg3", "grid_cosmos"} <= set(m) | set(res.figures)
     table = pd.read_csv(pd.io.common.StringIO(res.tables["scores.csv"]))
     plain = table[table.arm == "plain"].pivot_table(index=["cfg", "row"], columns="family", values="score")
     assert np.array_equal(plain["cosmos"], plain["pooled_text_proj"])  # one plain model, one noise, both families
-    # official (uncond P("")) and both (uncond P(prompt)) differ at w = 0, so "both" is sampled there at CFG 3
-    both0 = table[(table.policy == "both") & (table.w == 0) & (table.cfg == 3)].score.to_numpy()
-    official0 = table[(table.policy == "official") & (table.w == 0) & (table.cfg == 3)].score.to_numpy()
-    assert not np.array_equal(both0, official0)
+    # cosmos modulates the scheduled blocks only, so step:1 has its own w = 0 (pooled_text_proj shares uniform's)
+    zeros = table[(table.units == 0) & (table.cfg == 3)].groupby("family").schedule.unique()
+    assert sorted(zeros["cosmos"]) == ["step:1", "uniform"] and list(zeros["pooled_text_proj"]) == ["uniform"]
     roles = [line.split(",")[0] for line in res.tables["sources.csv"].splitlines()[1:]]
     assert roles[:2] == ["projection", "cosmos_adapter"] and "clip" in roles  # every input file, with its sha256
 
@@ -140,19 +139,56 @@ def test_dose_statistics_known_answers():
     assert dose.within_row_spearman(table.iloc[:1]) == pytest.approx(1.0)
     w = np.array([0.0, 1.0, 4.0])
     assert dose.ols_slope(pd.DataFrame([2 * w + 7, 2 * w - 3], columns=w)) == pytest.approx(2.0)
-    assert dose.paired_effect(np.full(6, 0.25), n_boot=20, seed=0) == pytest.approx((0.25, 0.25, 0.25))
-    rows = [{"arm": "guided", "policy": "p", "w": w_, "cfg": c, "row": r, "score": r + c * w_}
-            for c in (1.0, 3.0) for w_ in (0.0, 2.0) for r in range(4)]
-    out = dose.dose_metrics(pd.DataFrame(rows), "p", (1.0, 3.0), n_boot=20, seed=0)
-    assert out["effect/cfg1"] == pytest.approx(2.0) and out["effect/cfg3"] == pytest.approx(6.0)
-    assert out["persists"] == 1.0 and "spearman/cfg1" not in out  # two weights: no dose curve to rank
 
 
-def test_contrast_policy_samples_w0_only_where_its_uncond_row_differs():
-    P = CFGRowPolicy
-    assert dose._contrast_ws(P.PER_ROW_BASE, P.COND_ONLY, 8.0) == [8.0]
-    assert dose._contrast_ws(P.OFFICIAL, P.BOTH, 8.0) == [0.0, 8.0]
-    assert dose._contrast_ws(P.OFFICIAL, None, 8.0) == []
+def test_the_bootstrap_resamples_prompts_not_rows():
+    """Two noise draws of one prompt are one cluster: a prompt whose two rows move +1 and a prompt whose rows move
+    -1 give a mean 0 and a CI that spans both prompts' means, whatever the row count; rows resampled as if
+    independent would give the same mean but a narrower interval."""
+    diff, clusters = np.array([1.0, 1.0, -1.0, -1.0] * 4), np.array([0, 0, 1, 1] * 4)
+    mean, lo, hi = dose.cluster_effect(diff, clusters, n_boot=400, seed=0)
+    assert mean == 0.0 and lo == pytest.approx(-1.0) and hi == pytest.approx(1.0)  # 2 clusters: +-1 are reachable
+    uneven = dose.cluster_effect(np.array([3.0, 1.0, 0.0]), np.array([0, 0, 1]), n_boot=50, seed=0)
+    assert uneven[0] == pytest.approx(1.0)  # per-prompt means (2, 0) first, then their mean: not the row mean 4/3
+
+
+def _cells(units_ok: dict[float, float], cfg: float = 1.0, rows: int = 8) -> pd.DataFrame:
+    """Constructed long-form scores: per unit of w_cal a score of ``units + row`` and a share of in-range images."""
+    out = []
+    for u, share in units_ok.items():
+        for r in range(rows):
+            out.append({"family": "f", "arm": "guided", "schedule": "uniform", "units": u, "w": u, "cfg": cfg,
+                        "row": r, "score": r + 2 * u, "in_range": float(r < round(share * rows))})
+    return pd.DataFrame(out)
+
+
+def test_the_breakdown_rule_keeps_broken_cells_out_of_the_claims():
+    """More than a quarter out of range breaks a cell: its effect is still reported, but it cannot count for
+    ``persists`` and leaves the curve's trend statistics."""
+    assert dose.BREAKDOWN_SHARE == 0.25  # fixed before the v3 run; changing it is a new rule, not a tweak
+    df = _cells({-1.0: 1.0, 0.0: 1.0, 1.0: 0.75, 2.0: 0.5})
+    m = dose.schedule_metrics(df, "uniform", (1.0,), prompts=4, n_boot=50, seed=0)
+    assert m["effect/cfg1"] == pytest.approx(2.0) and m["effect_lo/cfg1"] == pytest.approx(2.0)
+    assert m["broken/cfg1"] == 0.0 and m["persists"] == 1.0  # exactly a quarter out: kept
+    assert m["swapped/effect/cfg1"] == pytest.approx(-2.0) and m["broken_cells/cfg1"] == 1.0
+    assert m["slope/cfg1"] == pytest.approx(2.0)  # over units -1, 0, 1: the broken cell at 2 is out
+    broken = dose.schedule_metrics(_cells({0.0: 1.0, 1.0: 0.625}), "uniform", (1.0,), prompts=4, n_boot=50, seed=0)
+    assert broken["broken/cfg1"] == 1.0 and broken["persists"] == 0.0 and broken["effect/cfg1"] == pytest.approx(2.0)
+
+
+def test_the_sweep_is_in_units_of_the_dose_and_names_its_headline():
+    with pytest.raises(ValueError, match="must contain 1"):
+        dose.Sweep((0.0, 2.0), (1.0,))
+    sweep = dose.Sweep((-1.0, 0.0, 1.0, 2.0), (1.0,))
+    step = Schedule.parse("step:2")
+    cells = dose.arms(sweep, [sweep.schedule, step], {"uniform": 0.5, "step:2": 0.25}, CFGRowPolicy.OFFICIAL,
+                      every_block=False)
+    assert [(c.schedule, c.units, c.guidance.w) for c in cells] == [
+        ("uniform", -1.0, -0.5), ("uniform", 0.0, 0.0), ("uniform", 1.0, 0.5), ("uniform", 2.0, 1.0),
+        ("step:2", 0.0, 0.0), ("step:2", 1.0, 0.25)]
+    shared = dose.arms(sweep, [sweep.schedule, step], {"uniform": 0.5, "step:2": 0.25}, CFGRowPolicy.OFFICIAL,
+                       every_block=True)
+    assert [(c.schedule, c.units) for c in shared][-1:] == [("step:2", 1.0)] and len(shared) == 5
 
 
 def test_toy_prompts_carry_no_quality_or_resolution_tags():

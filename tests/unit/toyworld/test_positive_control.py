@@ -55,3 +55,29 @@ def test_cross_attention_lacks_the_tags_on_the_chosen_half_and_the_pooled_text_k
         else:
             assert rows[i] == i
     assert (rows >= 60).sum() == 30
+
+
+def _run_folder(path, experiment: str, projection: str):
+    from anima_probe.pipeline.runs import ResultRecord
+
+    path.mkdir()
+    record = ResultRecord(experiment, "3", {"projection": projection}, {"x": 1.0}, {"x": True}, git_hash="abc")
+    (path / "metrics.json").write_text(record.to_json())
+    return str(path)
+
+
+def test_only_the_positive_controls_guidance_dose_run_becomes_its_known_answer(tmp_path, monkeypatch):
+    import json
+
+    from anima_probe.errors import InputError
+    from anima_probe.toyworld import positive_control as pc
+
+    monkeypatch.setattr(pc, "KNOWN_ANSWER", tmp_path / "known.json")
+    with pytest.raises(InputError, match="not the positive control's guidance-dose run"):
+        pc.main([_run_folder(tmp_path / "a", "guidance-dose", "data/toyworld/pooled_text_proj.safetensors")])
+    with pytest.raises(InputError, match="not the positive control's"):
+        pc.main([_run_folder(tmp_path / "b", "scheduler-drift", f"positive_control/model/{pc.PROJECTION_FILE}")])
+    assert not pc.KNOWN_ANSWER.exists()
+    pc.main([_run_folder(tmp_path / "c", "guidance-dose", f"data/toyworld/positive_control/model/{pc.PROJECTION_FILE}")])
+    known = json.loads(pc.KNOWN_ANSWER.read_text())
+    assert known["metrics"] == {"x": 1.0} and known["command"] == pc.KNOWN_ANSWER_COMMAND and known["git_hash"] == "abc"
