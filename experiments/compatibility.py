@@ -2,10 +2,9 @@
 do they keep theirs under guidance? The proposal's compatibility table, measured.
 
 Two models, each with its own dose. *positive-control*: the toy model trained with a pooled-text path and quality
-planted in it (``toyworld/positive_control.py``), its own projection, toy prompts, dosed where its known answer
-was checked (``positive_control.calibrated_dose``, w 0.115: +0.23 at CFG 1; the velocity-matched
-``dose.calibrated_w`` is recorded beside it). *distilled*: the shipped toy model with the distilled
-``pooled_text_proj``, prompts carrying the 13th artist's tag, dosed by ``dose.calibrated_w``. The 13th-artist
+planted in it (``toyworld/positive_control.py``), its own projection, toy prompts. *distilled*: the shipped toy
+model with the distilled ``pooled_text_proj``, prompts carrying the 13th artist's tag. Both are dosed as
+guidance-dose doses them (``dose.calibrated_w``, the velocity-matched dose: one way to dose). The 13th-artist
 adapters were trained on the shipped model, so their arms run there only; Spectrum (``FAST``) runs on both.
 Arms, statistics, decision rules and controls (fixed before the first run): ``anima_probe/guidance/compat.py``.
 
@@ -35,9 +34,10 @@ from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.manifests import load_prompt_sets
 from anima_probe.pipeline.provenance import REPO_ROOT, sha256_file
 from anima_probe.toyworld import positive_control as pc
-from anima_probe.toyworld.world import CONTENT_TYPES, NOVEL_ARTISTS
+from anima_probe.toyworld.world import ARTISTS, CONTENT_TYPES, NOVEL_ARTISTS
 
 PROJECTION = "data/toyworld/pooled_text_proj.safetensors"
+NEUTRAL = ARTISTS[:2]  # the negative control's pair: two artist tags, fixed before any run
 ADAPTERS = {arm: f"data/toyworld/lora/tsuki_hoshi-{arm}.safetensors" for arm in compat.ADAPTER_ARMS}
 HYDRA_MOE = "data/toyworld/lora/tsuki_hoshi-hydra_moe.safetensors"  # the live HydraLoRA's heads and routers
 
@@ -58,19 +58,17 @@ class CompatibilityConfig:
     n_boot: int = 1000
 
 
-def _model(name, anima, source, rows, prompts, cfg, w=None, **extra) -> tuple[compat.Model, dict, torch.Tensor]:
-    """Prepare a model; its dose is ``w`` or, when None, dose.calibrated_w (the velocity-matched one, always
-    recorded) on the first calibration rows at CFG 1."""
+def _model(name, anima, source, rows, prompts, cfg, **extra) -> tuple[compat.Model, dict, torch.Tensor]:
+    """Prepare a model, dosed by dose.calibrated_w on the first calibration rows at CFG 1."""
     g = load_prompt_sets()["guidance"]
     gp = prepare(anima, source, rows, g["positive"], g["negative"])
-    neutral = prepare(anima, source, rows, *pc.NEUTRAL)
+    neutral = prepare(anima, source, rows, *NEUTRAL)
     noise = initial_noise(anima, len(rows), cfg.size, cfg.seed)  # (R, C, h, w)
     k = min(cfg.calibration_prompts, len(rows))
     cal = dose.calibrated_w(anima, dose.head(gp, k), rows[:k], g["positive"], g["negative"], noise[:k],
                             dose.Sweep((0.0, 1.0), (1.0,), cfg.steps, cfg.shift))
-    w = cal.w if w is None else w
-    m = compat.Model(name, anima, gp, w, neutral, compat.neutral_dose(w, gp, neutral), prompts, **extra)
-    return m, {f"{name}/w": w, f"{name}/w_velocity": cal.w, f"{name}/w_velocity_ratio": cal.ratio,
+    m = compat.Model(name, anima, gp, cal.w, neutral, compat.neutral_dose(cal.w, gp, neutral), prompts, **extra)
+    return m, {f"{name}/w": cal.w, f"{name}/w_velocity_ratio": cal.ratio,
                f"{name}/w_neutral": m.w_neutral}, noise
 
 
@@ -94,7 +92,6 @@ def compatibility(ctx: Context, cfg: CompatibilityConfig) -> Result:
     if anima.vae is None and anima.dit_config.out_channels != 3:
         raise ValueError("compatibility scores RGB images: load the model with its VAE (or a pixel-space model)")
     how = compat.Sampling(cfg.cfgs, cfg.steps, cfg.shift, FAST)
-    g = load_prompt_sets()["guidance"]
     artist = NOVEL_ARTISTS[0]
     clf_cfg = replace(NovelArtistEvalConfig(artist=artist), classifier_images=cfg.classifier_images)
     clf, holdout = ctx.memoized(fit_artist_classifier)(clf_cfg)
@@ -103,9 +100,8 @@ def compatibility(ctx: Context, cfg: CompatibilityConfig) -> Result:
     texts = {"positive-control": dose.toy_prompts(cfg.prompts), "distilled": compat.novel_prompts(cfg.prompts, artist)}
     pc_anima = load_anima(pc.SHIPPED, with_vae=False, device=anima.device, dtype=anima.dtype)
     pc_source = families.load_source(pc.SHIPPED / pc.PROJECTION_FILE, pc_anima)
-    w_known = pc.calibrated_dose(pc_anima, pc_source, g["positive"], g["negative"])
     models.append(_model("positive-control", pc_anima, pc_source, texts["positive-control"] * cfg.draws,
-                         cfg.prompts, cfg, w=w_known, arms=("plain", "spectrum")))
+                         cfg.prompts, cfg, arms=("plain", "spectrum")))
     source = families.load_source(REPO_ROOT / PROJECTION, anima)
     models.append(_model("distilled", anima, source, texts["distilled"] * cfg.draws, cfg.prompts, cfg,
                          arms=compat.ARMS, adapters={a: str(REPO_ROOT / p) for a, p in ADAPTERS.items()},
@@ -144,7 +140,7 @@ def compatibility(ctx: Context, cfg: CompatibilityConfig) -> Result:
 
 
 EXPERIMENT = Experiment(
-    name="compatibility", version="1", config=CompatibilityConfig, fn=compatibility, needs_dit=True,
+    name="compatibility", version="2", config=CompatibilityConfig, fn=compatibility, needs_dit=True,
     needs_images=True,
     question="Does modulation guidance keep its effect beside a LoRA, T-LoRA, HydraLoRA or Spectrum at CFG 1 / 3 / 5, "
     "and do they keep theirs under guidance (the proposal's compatibility table)?")
