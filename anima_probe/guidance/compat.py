@@ -9,7 +9,7 @@ score, for adapter arms whether the 13-artist classifier names the adapter's new
 absolute pixel error against the plain arm's image of the same cell (full sampling).
 
 Statistics: a prompt is a cluster (its noise draws are averaged first); 95 % intervals are percentile bootstraps
-over prompts (``probes.stats.bootstrap_ci``); the MDE of a paired mean is ``stats.mde`` at two-sided 5 %, 80 %
+over prompts (``dose.cluster_effect``, as guidance-dose reads them); the MDE of a paired mean is ``stats.mde`` at two-sided 5 %, 80 %
 power.
 
 The rules, fixed in this file before the first run (``verdicts``):
@@ -41,10 +41,10 @@ import torch
 from anima_probe.adapters.apply import lora_applied
 from anima_probe.adapters.load import adapter_applied
 from anima_probe.adapters.lora import read_lora
-from anima_probe.guidance.dose import head, scores
+from anima_probe.guidance.dose import cluster_effect, cluster_means, head, scores
 from anima_probe.guidance.guided import Cell, Guidance, GuidedPrompts, sample_cells
 from anima_probe.guidance.spectrum import SpectrumConfig, real_steps
-from anima_probe.probes.stats import bootstrap_ci, mde
+from anima_probe.probes.stats import mde
 from anima_probe.toyworld.scorer import in_range
 from anima_probe.toyworld.world import CONTENT_TAGS, CONTENT_TYPES
 
@@ -181,9 +181,9 @@ def run_model(m: Model, noise: torch.Tensor, how: Sampling, neutral_cfgs: Sequen
 def clustered_mean(values, clusters, n_boot: int, seed: int) -> dict[str, float]:
     """Mean of per-cluster means, its percentile-bootstrap 95 % interval over clusters and the MDE (two-sided 5 %,
     80 % power) of a paired mean with that spread."""
-    per = pd.Series(np.asarray(values, float)).groupby(np.asarray(clusters)).mean().to_numpy()  # (P,)
-    lo, hi = bootstrap_ci(lambda idx: per[idx].mean(), len(per), n_boot, seed)
-    return {"mean": float(per.mean()), "lo": lo, "hi": hi,
+    mean, lo, hi = cluster_effect(values, clusters, n_boot, seed)
+    per = cluster_means(values, clusters)  # (P,)
+    return {"mean": mean, "lo": lo, "hi": hi,
             "mde": mde(per.std(ddof=1) / np.sqrt(len(per)), alpha=0.025), "n": len(per)}
 
 

@@ -313,11 +313,16 @@ def prompt_baseline(anima, prompts: list[str], pos: str, negative: str, sweep: S
 BREAKDOWN_SHARE = 0.25
 
 
+def cluster_means(values: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """(P,) mean of `values` per cluster, clusters in sorted order. values, clusters: (rows,)."""
+    _, inv = np.unique(np.asarray(clusters), return_inverse=True)
+    return np.bincount(inv, weights=np.asarray(values, float)) / np.bincount(inv)
+
+
 def cluster_effect(diff: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
     """Mean of per-cluster mean differences and its percentile bootstrap 95% CI resampling *clusters* (prompts:
     the noise draws of one prompt are not independent samples). diff, clusters: (rows,)."""
-    _, inv = np.unique(clusters, return_inverse=True)
-    means = np.bincount(inv, weights=diff) / np.bincount(inv)  # (P,)
+    means = cluster_means(diff, clusters)  # (P,)
     lo, hi = bootstrap_ci(lambda idx: float(means[idx].mean()), len(means), n_boot=n_boot, seed=seed)
     return float(means.mean()), lo, hi
 
