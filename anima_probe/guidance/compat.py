@@ -41,7 +41,7 @@ import torch
 from anima_probe.adapters.apply import lora_applied
 from anima_probe.adapters.load import adapter_applied
 from anima_probe.adapters.lora import read_lora
-from anima_probe.guidance.dose import cluster_effect, cluster_means, head, scores
+from anima_probe.guidance.dose import cluster_effect, cluster_means, scores
 from anima_probe.guidance.guided import Cell, Guidance, GuidedPrompts, sample_cells
 from anima_probe.guidance.spectrum import SpectrumConfig, real_steps
 from anima_probe.probes.stats import mde
@@ -141,7 +141,7 @@ def zero_adapter_diff(anima, gp: GuidedPrompts, lora_file: str, w: float, noise:
     ``rows`` rows at the dose and the largest CFG scale, against no adapter in the same batch shape. Must be 0."""
     weights = read_lora(lora_file, anima.dit_config)
     zero = replace(weights, up={m: torch.zeros_like(u) for m, u in weights.up.items()})
-    sub = head(gp, rows)
+    sub = gp.rows(slice(rows))
     cells = [Cell(Guidance(w), max(how.cfgs))]
     plain = sample_cells(anima, sub, cells, noise[:rows], steps=how.steps, shift=how.shift)
     with lora_applied(anima, zero, name="zero"):

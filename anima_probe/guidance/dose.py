@@ -164,7 +164,7 @@ def calibrate_schedules(anima, gp: GuidedPrompts, prompts: Sequence[str], pos: s
     property of the model, the source and the blocks the vector enters, so each schedule gets its own."""
     out = {}
     for sched in schedules:
-        out[sched.text()] = calibrated_w(anima, head(gp, rows), prompts[:rows], pos, neg, noise[:rows],
+        out[sched.text()] = calibrated_w(anima, gp.rows(slice(rows)), prompts[:rows], pos, neg, noise[:rows],
                                          replace(sweep, schedule=sched))
         if progress is not None:
             progress.update(1)
@@ -200,12 +200,6 @@ def base_modulation(gp: GuidedPrompts, policy: CFGRowPolicy, schedule: Schedule,
     return Modulation(gp.family, blocks, rows if fam.final_arg is not None else None)
 
 
-def head(gp: GuidedPrompts, k: int) -> GuidedPrompts:
-    """The first k prompts of a prepared set (the delta and the adapter's scales are shared)."""
-    return replace(gp, cond_ctx=gp.cond_ctx[:k], uncond_ctx=gp.uncond_ctx[:k], base_cond=gp.base_cond[:k],
-                   base_uncond={key: v[:k] for key, v in gp.base_uncond.items()})
-
-
 def w0_checks(anima, gp: GuidedPrompts, sweep: Sweep, policy: CFGRowPolicy, cfg: float, noise: torch.Tensor,
               in_batch: torch.Tensor, plain: torch.Tensor, rows: int = 2) -> dict[str, float]:
     """Pixel-space checks of w = 0 at one CFG scale (images (B, 3, H, W) in [0, 1]):
@@ -219,7 +213,7 @@ def w0_checks(anima, gp: GuidedPrompts, sweep: Sweep, policy: CFGRowPolicy, cfg:
 
     The first two checks run on the first ``rows`` rows only (bit-exactness is per row; this keeps them cheap).
     """
-    sub, noise = head(gp, rows), noise[:rows]
+    sub, noise = gp.rows(slice(rows)), noise[:rows]
     alone = sample_cells(anima, sub, [Cell(Guidance(0.0, sweep.schedule, row_policy=policy), cfg)], noise,
                          steps=sweep.steps, shift=sweep.shift)[0]  # (b, C, h, w)
     alone = anima.decode(alone)
@@ -256,20 +250,25 @@ def arms(sweep: Sweep, schedules: Sequence[Schedule], w_cal: dict[str, float], p
 
 @torch.no_grad()
 def sample_source(anima, gp: GuidedPrompts, sweep: Sweep, cells: Sequence[Arm], policy: CFGRowPolicy,
-                  noise: torch.Tensor, progress=None) -> tuple[pd.DataFrame, dict[str, float], torch.Tensor]:
-    """One source, one batch per CFG scale (the plain model, then every arm). Returns long-form scores (arm,
-    schedule, units, w, cfg, row, score, in_range), the pixel-space checks of the sweep's own schedule, and the
-    images of its curve as (1 + len(ws), len(cfgs), B, 3, H, W) with the plain model first."""
+                  noise: torch.Tensor, plain: torch.Tensor | None = None,
+                  progress=None) -> tuple[pd.DataFrame, dict[str, float], torch.Tensor]:
+    """One source, one ``sample_cells`` per CFG scale (the plain model, then every arm). ``plain``: the plain
+    model's images (len(cfgs), B, 3, H, W) from another source's call on the same noise (the plain model has no
+    source, so it is sampled once). Returns long-form scores (arm, schedule, units, w, cfg, row, score, in_range),
+    the pixel-space checks of the sweep's own schedule, and the images of its curve as
+    (1 + len(ws), len(cfgs), B, 3, H, W) with the plain model first."""
     own = sweep.schedule.text()
     curve = [i for i, a in enumerate(cells) if a.schedule == own]
     i0 = 1 + next(i for i in curve if cells[i].units == 0.0)
     i1 = 1 + next(i for i in curve if cells[i].units == 1.0)
     frames, grid, checks = [], [], {}
-    for cfg in sweep.cfgs:
-        x = sample_cells(anima, gp, [Cell(None, cfg)] + [Cell(a.guidance, cfg) for a in cells], noise,
-                         steps=sweep.steps, shift=sweep.shift)  # (K, B, C, h, w)
+    for c, cfg in enumerate(sweep.cfgs):
+        x = sample_cells(anima, gp, ([] if plain is not None else [Cell(None, cfg)])
+                         + [Cell(a.guidance, cfg) for a in cells], noise, steps=sweep.steps, shift=sweep.shift)
         decoded = anima.decode(x.flatten(0, 1))  # (K*B, 3, H, W)
-        images = decoded.view(1 + len(cells), len(gp), *decoded.shape[1:])
+        images = decoded.view(-1, len(gp), *decoded.shape[1:])  # (1 + len(cells), B, 3, H, W), plain first
+        if plain is not None:
+            images = torch.cat([plain[c][None].to(images), images])
         s, ok = scores(images), readable(images)  # (K, B) each
         frames.append(_frame("plain", "none", np.nan, np.nan, cfg, s[0], ok[0]))
         frames += [_frame("guided", a.schedule, a.units, a.guidance.w, cfg, s[1 + i], ok[1 + i])

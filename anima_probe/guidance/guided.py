@@ -11,8 +11,9 @@ cond-only / official / per-row-base). Everything that does not depend on w, CFG 
 pooling, every projection, the guidance delta -- is computed ONCE per prompt set (``prepare`` -> ``GuidedPrompts``);
 a step or a grid cell only adds precomputed vectors. Figures and run folders of a grid: ``pipeline/samples.py``.
 
-Sweeps (w x CFG x seeds) are cheap by construction: ``sample_cells`` runs many (guidance, CFG) cells as one batch,
-each row with its own vectors and its own CFG scale, from the same initial noise (paired comparisons).
+Sweeps (w x CFG x seeds) are cheap by construction: ``sample_cells`` runs many (guidance, CFG) cells per DiT call
+(as many as a device does fastest, ``cells_per_call``), each row with its own vectors and its own CFG scale, from
+the same initial noise (paired comparisons).
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class GuidedPrompts:
 
     def __len__(self) -> int:
         return self.cond_ctx.shape[0]
+
+    def rows(self, index: slice) -> GuidedPrompts:
+        """The prompts ``index`` selects (the delta and the adapter's scales are shared by every row)."""
+        return replace(self, cond_ctx=self.cond_ctx[index], uncond_ctx=self.uncond_ctx[index],
+                       base_cond=self.base_cond[index], base_uncond={k: v[index] for k, v in self.base_uncond.items()})
 
 
 def prepare(anima, source, prompts: list[str], pos: str, neg: str, negative: str = "", *, clip=None,
@@ -174,6 +180,22 @@ def _run_chunk(anima, gp, cells, noise, sigmas, sampler, seed, progress, spectru
     return x.view(len(cells), len(gp), *x.shape[1:])  # (K, B, C, h, w)
 
 
+# A toy DiT row costs the CPU ~1.8x more inside one 256-row call than inside calls of 16 rows: the activations of a
+# big call fall out of the caches (benchmarks/dit_call.py, reports/benchmarks/dit-call.json). On a CPU the cells
+# (or, for a cell larger than this, its prompts) are batched up to this many rows per call; a GPU takes all at once.
+CPU_ROWS_PER_CALL = 16
+
+
+def call_shape(anima, cells: Sequence[Cell], prompts: int) -> tuple[int, int]:
+    """(cells, prompts) per DiT call for ``cells`` of ``prompts`` rows each (with CFG a prompt is 2 rows)."""
+    if anima.device.type != "cpu":
+        return len(cells), prompts
+    per_prompt = 2 if any(c.cfg != 1.0 for c in cells) else 1
+    if prompts * per_prompt > CPU_ROWS_PER_CALL:
+        return 1, max(1, CPU_ROWS_PER_CALL // per_prompt)
+    return max(1, CPU_ROWS_PER_CALL // (prompts * per_prompt)), prompts
+
+
 def sample_cells(anima, gp: GuidedPrompts, cells: Sequence[Cell], noise: torch.Tensor, *, steps: int = 20,
                  shift: float = 3.0, sampler: str = "euler", seed: int = 0, chunk: int | None = None,
                  progress: bool = False, schedule: str = "simple", spectrum: SpectrumConfig | None = None,
@@ -181,8 +203,9 @@ def sample_cells(anima, gp: GuidedPrompts, cells: Sequence[Cell], noise: torch.T
     """Final samples (K, B, C, h, w) in model space for K cells from the same initial noise (B, C, h, w).
 
     ``sampler`` names one of ``samplers.SAMPLERS``, ``schedule`` one of ``sigmas.SCHEDULES``; ``spectrum`` runs
-    the DiT through ``Spectrum`` with that config (a fresh forecaster per chunk). Deterministic samplers batch
-    cells ``chunk`` at a time (default: all at once). The stochastic ones inject noise drawn for the whole batch,
+    the DiT through ``Spectrum`` with that config (a fresh forecaster per call). Deterministic samplers batch
+    cells ``chunk`` at a time with all prompts (default: ``call_shape``, which may also split the prompts: a row's
+    path does not depend on the others'). The stochastic ones inject noise drawn for the whole batch,
     so each cell runs alone with a generator seeded by ``seed``: every cell then sees the same SDE noise (paired)
     and a cell reproduces bit for bit whatever grid it sits in.
     """
@@ -191,9 +214,13 @@ def sample_cells(anima, gp: GuidedPrompts, cells: Sequence[Cell], noise: torch.T
     if noise.shape[0] != len(gp):
         raise InputError(f"noise has {noise.shape[0]} rows for {len(gp)} prompts")
     sigmas = schedule_sigmas(schedule, steps, shift)
-    size = 1 if sampler in STOCHASTIC else (chunk or len(cells))
-    parts = [_run_chunk(anima, gp, cells[i : i + size], noise, sigmas, sampler, seed, progress, spectrum)
-             for i in range(0, len(cells), size)]
+    if sampler in STOCHASTIC:
+        size, group = 1, len(gp)
+    else:
+        size, group = (chunk, len(gp)) if chunk else call_shape(anima, cells, len(gp))
+    parts = [torch.cat([_run_chunk(anima, gp.rows(slice(r, r + group)), cells[i : i + size], noise[r : r + group],
+                                   sigmas, sampler, seed, progress, spectrum) for r in range(0, len(gp), group)],
+                       dim=1) for i in range(0, len(cells), size)]  # each (k, B, C, h, w)
     return torch.cat(parts)
 
 

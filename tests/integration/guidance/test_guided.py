@@ -170,6 +170,33 @@ def test_a_cell_does_not_depend_on_its_grid_neighbours(tiny_anima, gp):
     assert torch.equal(sde[1], alone)
 
 
+def test_a_row_does_not_depend_on_the_rows_it_shares_a_call_with(tiny_anima, gp, monkeypatch):
+    """On a CPU the sampler splits cells (and, past CPU_ROWS_PER_CALL, a cell's prompts) over several DiT calls;
+    the samples are those of one call with everything (float rounding of another batch size aside)."""
+    import anima_probe.guidance.guided as guided
+
+    noise = _noise(tiny_anima)
+    cells = [Cell(None, 4.0), Cell(Guidance(3.0), 4.0), Cell(Guidance(2.0, Schedule.parse("step:1")), 1.0)]
+    together = sample_cells(tiny_anima, gp, cells, noise, steps=3, chunk=len(cells))
+    monkeypatch.setattr(guided, "CPU_ROWS_PER_CALL", 1)  # one prompt's [cond; uncond] per call: both splits
+    assert guided.call_shape(tiny_anima, cells, len(gp)) == (1, 1)
+    split = sample_cells(tiny_anima, gp, cells, noise, steps=3)
+    assert split.shape == together.shape and torch.allclose(split, together, atol=1e-5)
+
+
+def test_call_shape_fills_a_call_up_to_the_cpu_rows_and_leaves_a_gpu_one_call():
+    import types
+
+    from anima_probe.guidance.guided import CPU_ROWS_PER_CALL, call_shape
+
+    cpu, gpu = (types.SimpleNamespace(device=torch.device(d)) for d in ("cpu", "cuda"))
+    plain, cfg = [Cell(None, 1.0)] * 5, [Cell(None, 1.0)] * 4 + [Cell(None, 3.0)]
+    assert call_shape(cpu, plain, CPU_ROWS_PER_CALL // 4) == (4, CPU_ROWS_PER_CALL // 4)
+    assert call_shape(cpu, cfg, CPU_ROWS_PER_CALL // 4) == (2, CPU_ROWS_PER_CALL // 4)  # CFG: 2 rows a prompt
+    assert call_shape(cpu, cfg, CPU_ROWS_PER_CALL) == (1, CPU_ROWS_PER_CALL // 2)  # a cell's prompts split
+    assert call_shape(gpu, cfg, 1000) == (5, 1000)
+
+
 def test_cosmos_family_end_to_end_with_a_tiny_clip(tiny_anima, tmp_path):
     clip = load_clip(write_tiny_clip(tmp_path / "clip", hidden=64, layers=1))
     d, n = tiny_anima.dit_config.hidden, tiny_anima.num_blocks
