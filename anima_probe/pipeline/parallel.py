@@ -11,6 +11,7 @@ By hand over ``concurrent.futures`` rather than a job library: the one thing add
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -21,6 +22,27 @@ from typing import Any
 def default_jobs(device: str = "cpu") -> int:
     """Every core on the CPU; one job on an accelerator (its memory and queue are shared by all jobs)."""
     return max(1, os.cpu_count() or 1) if str(device) == "cpu" else 1
+
+
+# glibc hands every freed block above its mmap threshold back to the kernel and trims the heap top eagerly, so the
+# DiT's large short-lived activations are page-faulted in afresh on every call: a fifth of the CPU of a process
+# making toy DiT calls went to the kernel, and the raised thresholds cut its CPU to 0.87x (benchmarks/dit_call.py,
+# reports/benchmarks/dit-call.json). A process reads these tunables when it starts, so the workers get them; a
+# user's own GLIBC_TUNABLES wins, other C libraries ignore the variable.
+ALLOCATOR_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
+
+
+@contextlib.contextmanager
+def allocator_tunables():
+    """GLIBC_TUNABLES set (unless already set) for the processes started inside."""
+    if "GLIBC_TUNABLES" in os.environ:
+        yield
+        return
+    os.environ["GLIBC_TUNABLES"] = ALLOCATOR_TUNABLES
+    try:
+        yield
+    finally:
+        os.environ.pop("GLIBC_TUNABLES", None)
 
 
 def _set_threads(threads: int) -> None:
@@ -34,7 +56,7 @@ def map_processes(fn: Callable, items: Sequence[tuple], jobs: int, threads: int 
     ``threads`` torch threads (default: the cores shared out among the jobs)."""
     jobs = max(1, min(jobs, len(items)))
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_set_threads,
-                             initargs=(threads,)) as pool:
+    with allocator_tunables(), ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                   initializer=_set_threads, initargs=(threads,)) as pool:
         futures = [pool.submit(fn, *item) for item in items]
         return [f.result() for f in futures]

@@ -4,11 +4,12 @@ worker's exception arrives with its own type and message."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
-from anima_probe.pipeline.parallel import default_jobs, map_processes
+from anima_probe.pipeline.parallel import ALLOCATOR_TUNABLES, default_jobs, map_processes
 
 
 def test_results_come_back_in_item_order():
@@ -26,3 +27,11 @@ def test_a_workers_error_keeps_its_type_and_message():
 
 def test_one_job_on_an_accelerator():
     assert default_jobs("cuda") == 1 and default_jobs("cpu") >= 1
+
+
+def test_workers_start_with_the_raised_allocator_thresholds_unless_the_user_set_their_own(monkeypatch):
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert map_processes(os.getenv, [("GLIBC_TUNABLES",)] * 2, jobs=2) == [ALLOCATOR_TUNABLES] * 2
+    assert "GLIBC_TUNABLES" not in os.environ  # this process is left as it was
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
+    assert map_processes(os.getenv, [("GLIBC_TUNABLES",)], jobs=1) == ["glibc.malloc.arena_max=1"]
