@@ -45,7 +45,8 @@ def test_a_row_fits_the_same_whatever_else_is_in_its_batch():
     alone = rc.fit(f, target[2:3], dim=3, iters=5)
     chunked = rc.fit_chunks(lambda rows: f, target, dim=3, iters=5, chunk=2)
     assert torch.allclose(together.r2[2:3], alone.r2, atol=1e-6)
-    assert torch.allclose(together.delta, chunked.delta, atol=1e-6)
+    # the finite-difference step (1e-3) amplifies another batch size's GEMM rounding (~1e-7) about a thousandfold
+    assert torch.allclose(together.delta, chunked.delta, atol=1e-3)
     assert torch.all(together.r2 >= together.history.max(0).values - 1e-7)  # the best iterate is kept
 
 
