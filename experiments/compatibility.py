@@ -65,7 +65,7 @@ def _model(name, anima, source, rows, prompts, cfg, **extra) -> tuple[compat.Mod
     neutral = prepare(anima, source, rows, *NEUTRAL)
     noise = initial_noise(anima, len(rows), cfg.size, cfg.seed)  # (R, C, h, w)
     k = min(cfg.calibration_prompts, len(rows))
-    cal = dose.calibrated_w(anima, dose.head(gp, k), rows[:k], g["positive"], g["negative"], noise[:k],
+    cal = dose.calibrated_w(anima, gp.rows(slice(k)), rows[:k], g["positive"], g["negative"], noise[:k],
                             dose.Sweep((0.0, 1.0), (1.0,), cfg.steps, cfg.shift))
     m = compat.Model(name, anima, gp, cal.w, neutral, compat.neutral_dose(cal.w, gp, neutral), prompts, **extra)
     return m, {f"{name}/w": cal.w, f"{name}/w_velocity_ratio": cal.ratio,
