@@ -12,7 +12,7 @@ pooling, every projection, the guidance delta -- is computed ONCE per prompt set
 a step or a grid cell only adds precomputed vectors. Figures and run folders of a grid: ``pipeline/samples.py``.
 
 Sweeps (w x CFG x seeds) are cheap by construction: ``sample_cells`` runs many (guidance, CFG) cells per DiT call
-(as many as a device does fastest, ``cells_per_call``), each row with its own vectors and its own CFG scale, from
+(as many as a device does fastest, ``call_shape``), each row with its own vectors and its own CFG scale, from
 the same initial noise (paired comparisons).
 """
 

@@ -113,8 +113,9 @@ def fold_padding(crossattn_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     rows up to the last one that differs plus one representative of the tail, whose logit gets log n through the
     additive float `attention_mask` diffusers hands to scaled_dot_product_attention. The padding still acts as the
     attention sink it is in Anima; only its n copies are not computed. Equal in exact arithmetic; in float32 the
-    velocity moves by about 1e-6 (one scaled exponential in place of a sum of n). On the toy model it removes ~500
-    of 512 key/value rows per block, a third of a forward (tests/unit/test_fold_padding.py checks both).
+    velocity moves by about 1e-6 (one scaled exponential in place of a sum of n; tests/unit/model/test_fold_padding.py
+    compares it with the 512-row call). On the toy model it removes ~500 of 512 key/value rows per block: 0.70x the
+    CPU of a call (reports/benchmarks/dit-call.json).
     """
     B, S, _ = crossattn_emb.shape
     differs = (crossattn_emb != crossattn_emb[:, -1:]).any(-1).any(0)  # (S,): some prompt's row is not the tail's
