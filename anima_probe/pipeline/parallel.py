@@ -28,7 +28,9 @@ def default_jobs(device: str = "cpu") -> int:
 # DiT's large short-lived activations are page-faulted in afresh on every call: a fifth of the CPU of a process
 # making toy DiT calls went to the kernel, and the raised thresholds cut its CPU to 0.87x (benchmarks/dit_call.py,
 # reports/benchmarks/dit-call.json). A process reads these tunables when it starts, so the workers get them; a
-# user's own GLIBC_TUNABLES wins, other C libraries ignore the variable.
+# user's own GLIBC_TUNABLES wins, other C libraries ignore the variable. (The GNU C Library manual, "Memory
+# Allocation Tunables": glibc.malloc.mmap_threshold and glibc.malloc.trim_threshold; setting either turns off
+# glibc's dynamic threshold.)
 ALLOCATOR_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824"
 
 
