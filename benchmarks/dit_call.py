@@ -45,17 +45,10 @@ def _inputs(anima, rows: int):
     return torch.randn(rows, 3, 32, 32, generator=g), torch.full((rows,), 0.5), ctx
 
 
-def _unfolded(transformer, x_t, sigma, ctx):
-    """dit_velocity's call over all 512 text rows."""
-    B, _, H, W = x_t.shape
-    x = torch.cat([x_t.unsqueeze(2), x_t.new_zeros(B, 1, 1, H, W)], dim=1)
-    return transformer(hidden_states=x, timestep=sigma, encoder_hidden_states=ctx, return_dict=False)[0]
-
-
 @torch.no_grad()
 def fold(anima, reps: int) -> dict:
     x, s, ctx = _inputs(anima, 32)
-    times = interleaved({"all 512 rows": lambda: _unfolded(anima.transformer, x, s, ctx),
+    times = interleaved({"all 512 rows": lambda: dit_velocity(anima.transformer, x, s, ctx, fold=False),
                          "folded": lambda: dit_velocity(anima.transformer, x, s, ctx)}, reps)
     return paired(times, "all 512 rows")
 

@@ -84,8 +84,11 @@ class Anima:
         return encode(self.vae, pixels) if self.vae is not None else pixels
 
 
-def dit_velocity(transformer: CosmosTransformer3DModel, x_t: torch.Tensor, sigma, crossattn_emb: torch.Tensor):
-    """The one DiT call convention: sigma fed as the timestep (not ×1000), all-zero padding-mask channel, T = 1."""
+def dit_velocity(transformer: CosmosTransformer3DModel, x_t: torch.Tensor, sigma, crossattn_emb: torch.Tensor, *,
+                 fold: bool = True):
+    """The one DiT call convention: sigma fed as the timestep (not ×1000), all-zero padding-mask channel, T = 1.
+    ``fold=False`` attends to every one of the 512 text rows: ``fold_padding``'s reference, for tests and
+    benchmarks."""
     B, C, H, W = x_t.shape
     p = transformer.config.patch_size[1]
     if H % p or W % p:
@@ -94,7 +97,7 @@ def dit_velocity(transformer: CosmosTransformer3DModel, x_t: torch.Tensor, sigma
     sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32).reshape(-1).expand(B)  # (B,)
     x = x_t.to(dtype).unsqueeze(2)  # (B, C, 1, H, W): an image is a one-frame video
     mask = x.new_zeros(B, 1, 1, H, W)  # padding-mask channel, all zeros for text-to-image
-    context, logit_bias = fold_padding(crossattn_emb.to(dtype))
+    context, logit_bias = fold_padding(crossattn_emb.to(dtype)) if fold else (crossattn_emb.to(dtype), None)
     out = transformer(
         hidden_states=torch.cat([x, mask], dim=1),  # (B, C+1, 1, H, W)
         timestep=sigma.to(dtype),

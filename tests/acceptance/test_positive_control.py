@@ -50,9 +50,9 @@ def test_training_record_fits_the_cpu_budget_of_an_idle_machine():
 CFGS = ("1", "3", "5")
 KEY = "pooled_text_proj/uniform"
 # Measured (guidance_dose_metrics.json, v4): at w_cal = 0.31 the gain is -0.34 / -0.36 / -0.05 at CFG 1 / 3 / 5 and
-# the swapped pair's CI is below 0 at CFG 1 and 3 only (v3: -0.18 / -0.24 / -0.17, the same reading). The rules stay as written, strict xfail (an unexpected pass
-# fails): the model carries quality through its path, but Eq. 3's tag-only delta does not point where it learned
-# it (data/toyworld/README.md, "The known answer").
+# the swapped pair's CI is below 0 at CFG 1 and 3 only (v3: -0.18 / -0.24 / -0.17, the same reading). The rules stay
+# as written, strict xfail (an unexpected pass fails): the model carries quality through its path, but Eq. 3's
+# tag-only delta does not point where it learned it (data/toyworld/README.md, "The known answer").
 _NOT_FOUND = pytest.mark.xfail(strict=True, reason="the shipped positive control does not show the known answer at "
                                "the calibrated dose (guidance_dose_metrics.json); see data/toyworld/README.md")
 

@@ -8,13 +8,6 @@ from anima_probe.model.anima import dit_velocity, fold_padding
 from anima_probe.model.text import encode_prompts
 
 
-def _unfolded_velocity(transformer, x_t, sigma, ctx):
-    """The DiT over all 512 rows, no folding: the convention of dit_velocity written out."""
-    B, C, H, W = x_t.shape
-    x = torch.cat([x_t.unsqueeze(2), x_t.new_zeros(B, 1, 1, H, W)], dim=1)
-    return transformer(hidden_states=x, timestep=sigma, encoder_hidden_states=ctx, return_dict=False)[0].squeeze(2)
-
-
 def test_fold_keeps_the_rows_before_the_tail_and_weighs_the_tail_by_its_count():
     ctx = torch.zeros(2, 512, 4)
     ctx[0, :3] = 1.0
@@ -41,7 +34,7 @@ def test_folded_velocity_matches_the_512_row_attention(tiny_anima):
     x_t = x_t[:, : tiny_anima.transformer.config.in_channels - 1]
     with torch.no_grad():
         folded = dit_velocity(tiny_anima.transformer, x_t, sigma, ctx)
-        full = _unfolded_velocity(tiny_anima.transformer, x_t, sigma, ctx)
+        full = dit_velocity(tiny_anima.transformer, x_t, sigma, ctx, fold=False)
     assert torch.allclose(folded, full, atol=1e-5, rtol=1e-4), (folded - full).abs().max()
 
 
@@ -57,7 +50,7 @@ def test_folded_gradients_match_the_512_row_attention(tiny_anima):
     grads = []
     try:
         for fn in (lambda: dit_velocity(tiny_anima.transformer, x_t, sigma, ctx),
-                   lambda: _unfolded_velocity(tiny_anima.transformer, x_t, sigma, ctx)):
+                   lambda: dit_velocity(tiny_anima.transformer, x_t, sigma, ctx, fold=False)):
             ctx.grad, weight.grad = None, None
             fn().square().sum().backward()
             grads.append((ctx.grad[:, :kept].clone(), ctx.grad[:, kept:].sum(1), weight.grad.clone()))
