@@ -34,10 +34,9 @@ from anima_probe.pipeline.experiment import Context, Experiment, Result
 from anima_probe.pipeline.manifests import load_prompt_sets
 from anima_probe.pipeline.provenance import REPO_ROOT, sha256_file
 from anima_probe.toyworld import positive_control as pc
-from anima_probe.toyworld.world import ARTISTS, CONTENT_TYPES, NOVEL_ARTISTS
+from anima_probe.toyworld.world import CONTENT_TYPES, NOVEL_ARTISTS
 
 PROJECTION = "data/toyworld/pooled_text_proj.safetensors"
-NEUTRAL = ARTISTS[:2]  # the negative control's pair: two artist tags, fixed before any run
 ADAPTERS = {arm: f"data/toyworld/lora/tsuki_hoshi-{arm}.safetensors" for arm in compat.ADAPTER_ARMS}
 HYDRA_MOE = "data/toyworld/lora/tsuki_hoshi-hydra_moe.safetensors"  # the live HydraLoRA's heads and routers
 
@@ -62,12 +61,12 @@ def _model(name, anima, source, rows, prompts, cfg, **extra) -> tuple[compat.Mod
     """Prepare a model, dosed by dose.calibrated_w on the first calibration rows at CFG 1."""
     g = load_prompt_sets()["guidance"]
     gp = prepare(anima, source, rows, g["positive"], g["negative"])
-    neutral = prepare(anima, source, rows, *NEUTRAL)
+    neutral = prepare(anima, source, rows, *dose.NEUTRAL_PAIR)
     noise = initial_noise(anima, len(rows), cfg.size, cfg.seed)  # (R, C, h, w)
     k = min(cfg.calibration_prompts, len(rows))
     cal = dose.calibrated_w(anima, gp.rows(slice(k)), rows[:k], g["positive"], g["negative"], noise[:k],
                             dose.Sweep((0.0, 1.0), (1.0,), cfg.steps, cfg.shift))
-    m = compat.Model(name, anima, gp, cal.w, neutral, compat.neutral_dose(cal.w, gp, neutral), prompts, **extra)
+    m = compat.Model(name, anima, gp, cal.w, neutral, dose.neutral_dose(cal.w, gp, neutral), prompts, **extra)
     return m, {f"{name}/w": cal.w, f"{name}/w_velocity_ratio": cal.ratio,
                f"{name}/w_neutral": m.w_neutral}, noise
 

@@ -6,8 +6,10 @@ with ``--model data/toyworld/positive_control/model``) steers toy prompts (conte
 the proposal's p+ / p-. Per source and schedule the dose w_cal is calibrated first (``dose.calibrated_w``: the
 modulation moves the velocity as far as p+/p- in the prompt do); the first schedule's curve is swept in units of
 w_cal (-1: p+/p- swapped), the others are read at w_cal. The headline is the effect at w_cal over w = 0, with a
-95 % CI over prompts; a cell with more than ``dose.BREAKDOWN_SHARE`` of its images out of the scorer's range is
-broken and makes no claim. Mechanics and definitions: ``anima_probe/guidance/dose.py``."""
+95 % CI over prompts and its MDE, beside the null of the same length: a quality-neutral tag pair
+(``dose.NEUTRAL_PAIR``) pushed as far as p+/p- at w_cal on the swept schedule. A cell with more than
+``dose.BREAKDOWN_SHARE`` of its images out of the scorer's range is broken and makes no claim. Mechanics and
+definitions: ``anima_probe/guidance/dose.py``."""
 
 from __future__ import annotations
 
@@ -117,11 +119,12 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     for source, clip in sources:
         family = families.family_of(source)
         gp = prepare(ctx.anima, source, prompts, pos, neg, cfg.negative, clip=clip)
+        neutral = prepare(ctx.anima, source, prompts, *dose.NEUTRAL_PAIR, cfg.negative, clip=clip)
         policy = family.default_policy if cfg.row_policy == "own" else CFGRowPolicy(cfg.row_policy)
         calibrations = dose.calibrate_schedules(ctx.anima, gp, prompts, pos, neg, noise, sweep, schedules,
                                                 cfg.calibration_rows, bar)
         cells = dose.arms(sweep, schedules, {n: c.w for n, c in calibrations.items()}, policy, family.every_block)
-        df, checks, images = dose.sample_source(ctx.anima, gp, sweep, cells, policy, noise, plain, progress=bar)
+        df, checks, images = dose.sample_source(ctx.anima, gp, sweep, cells, policy, noise, plain, neutral, bar)
         plain = images[0]  # (len(cfgs), B, 3, H, W)
         df.insert(0, "family", family.name)
         # GEMM rounding at another batch size (~1e-6, machine- and thread-dependent): reported, never gated
@@ -140,7 +143,7 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     df = pd.concat(frames + [pplus], ignore_index=True)
     df["prompt"] = [prompts[r] for r in df.row]
     figures["dose_response"] = dose.dose_figure(df, cfg.cfgs, cfg.prompts, cfg.n_boot, cfg.seed)
-    lower = ("w0_max_abs_diff", "w0_vs_plain_max_abs_diff", "/broken", "broken_cells", "w_cal")
+    lower = ("w0_max_abs_diff", "w0_vs_plain_max_abs_diff", "/broken", "broken_cells", "w_cal", "/mde/")
     higher = {k: not any(n in k for n in lower) for k in metrics}
     return Result(metrics=metrics, higher_is_better=higher, figures=figures,
                   tables={"scores.csv": df.to_csv(index=False, float_format="%.6g"), "sources.csv": source_files,
@@ -148,7 +151,7 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
 
 
 EXPERIMENT = Experiment(
-    name="guidance-dose", version="4", config=GuidanceDoseConfig, fn=guidance_dose, needs_dit=True,
+    name="guidance-dose", version="5", config=GuidanceDoseConfig, fn=guidance_dose, needs_dit=True,
     needs_images=True,
     question="Does modulation guidance with the proposal's quality p+/p- raise the toy quality score at its calibrated "
     "dose, at every CFG scale and block schedule, before the images break down, and is w = 0 exactly the base model?")

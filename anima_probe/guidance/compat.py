@@ -41,10 +41,9 @@ import torch
 from anima_probe.adapters.apply import lora_applied
 from anima_probe.adapters.load import adapter_applied
 from anima_probe.adapters.lora import read_lora
-from anima_probe.guidance.dose import cluster_effect, cluster_means, scores
+from anima_probe.guidance.dose import clustered_mean, scores
 from anima_probe.guidance.guided import Cell, Guidance, GuidedPrompts, sample_cells
 from anima_probe.guidance.spectrum import SpectrumConfig, real_steps
-from anima_probe.probes.stats import mde
 from anima_probe.toyworld.scorer import in_range
 from anima_probe.toyworld.world import CONTENT_TAGS, CONTENT_TYPES
 
@@ -149,11 +148,6 @@ def zero_adapter_diff(anima, gp: GuidedPrompts, lora_file: str, w: float, noise:
     return float((plain - nulled).abs().max())
 
 
-def neutral_dose(w: float, gp: GuidedPrompts, neutral: GuidedPrompts) -> float:
-    """The neutral pair's w that gives its Eq. 3 direction the length of p+/p-'s at ``w``."""
-    return w * float(gp.delta.norm() / neutral.delta.norm())
-
-
 def run_model(m: Model, noise: torch.Tensor, how: Sampling, neutral_cfgs: Sequence[float],
               progress=None) -> pd.DataFrame:
     """Every arm of one model, then the neutral pair on the plain arm (its w = 0 images are the plain arm's)."""
@@ -178,15 +172,6 @@ def run_model(m: Model, noise: torch.Tensor, how: Sampling, neutral_cfgs: Sequen
 
 
 # ------------------------------------------------------------------------------- from rows to numbers
-def clustered_mean(values, clusters, n_boot: int, seed: int) -> dict[str, float]:
-    """Mean of per-cluster means, its percentile-bootstrap 95 % interval over clusters and the MDE (two-sided 5 %,
-    80 % power) of a paired mean with that spread."""
-    mean, lo, hi = cluster_effect(values, clusters, n_boot, seed)
-    per = cluster_means(values, clusters)  # (P,)
-    return {"mean": mean, "lo": lo, "hi": hi,
-            "mde": mde(per.std(ddof=1) / np.sqrt(len(per)), alpha=0.025), "n": len(per)}
-
-
 def _wide(df: pd.DataFrame, value: str) -> pd.DataFrame:
     """(cfg, row) x level table of one arm and pair."""
     return df.pivot_table(index=["cfg", "row", "prompt"], columns="level", values=value).sort_index()

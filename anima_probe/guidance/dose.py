@@ -41,7 +41,7 @@ from anima_probe.guidance.samplers import cfg_velocity, sample_euler, simple_sig
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.text import encode_prompts
 from anima_probe.pipeline.figures import new_figure
-from anima_probe.probes.stats import bootstrap_ci
+from anima_probe.probes.stats import bootstrap_ci, mde
 from anima_probe.toyworld.scorer import in_range, quality_score
 from anima_probe.toyworld.world import ARTISTS, CONTENT_TAGS, CONTENT_TYPES
 
@@ -53,6 +53,17 @@ def toy_prompts(n: int) -> list[str]:
         raise ValueError(f"need at least one prompt, got {n}")
     return [f"{', '.join(CONTENT_TAGS[CONTENT_TYPES[i % len(CONTENT_TYPES)]])}, {ARTISTS[(5 * i) % len(ARTISTS)]}"
             for i in range(n)]
+
+
+# The null of the same length: a pair of two artist tags (quality-neutral by the toy world's construction), fixed
+# before any run. Its Eq. 3 direction, dosed to the length of p+/p-'s (``neutral_dose``), is a push as large as the
+# guidance's in a direction that carries no quality: what the same-sized move costs or gains by itself.
+NEUTRAL_PAIR: tuple[str, str] = ARTISTS[:2]
+
+
+def neutral_dose(w: float, gp: GuidedPrompts, neutral: GuidedPrompts) -> float:
+    """The neutral pair's w that gives its Eq. 3 direction the length of p+/p-'s at ``w``."""
+    return w * float(gp.delta.norm() / neutral.delta.norm())
 
 
 @dataclass(frozen=True)
@@ -250,11 +261,13 @@ def arms(sweep: Sweep, schedules: Sequence[Schedule], w_cal: dict[str, float], p
 
 @torch.no_grad()
 def sample_source(anima, gp: GuidedPrompts, sweep: Sweep, cells: Sequence[Arm], policy: CFGRowPolicy,
-                  noise: torch.Tensor, plain: torch.Tensor | None = None,
+                  noise: torch.Tensor, plain: torch.Tensor | None = None, neutral: GuidedPrompts | None = None,
                   progress=None) -> tuple[pd.DataFrame, dict[str, float], torch.Tensor]:
     """One source, one ``sample_cells`` per CFG scale (the plain model, then every arm). ``plain``: the plain
     model's images (len(cfgs), B, 3, H, W) from another source's call on the same noise (the plain model has no
-    source, so it is sampled once). Returns long-form scores (arm, schedule, units, w, cfg, row, score, in_range),
+    source, so it is sampled once). ``neutral``: the same prompts prepared with ``NEUTRAL_PAIR``; its arm (``arm``
+    "neutral") is the sweep's own schedule at w_cal, dosed to p+/p-'s length (``neutral_dose``).
+    Returns long-form scores (arm, schedule, units, w, cfg, row, score, in_range),
     the pixel-space checks of the sweep's own schedule, and the images of its curve as
     (1 + len(ws), len(cfgs), B, 3, H, W) with the plain model first."""
     own = sweep.schedule.text()
@@ -273,6 +286,12 @@ def sample_source(anima, gp: GuidedPrompts, sweep: Sweep, cells: Sequence[Arm], 
         frames.append(_frame("plain", "none", np.nan, np.nan, cfg, s[0], ok[0]))
         frames += [_frame("guided", a.schedule, a.units, a.guidance.w, cfg, s[1 + i], ok[1 + i])
                    for i, a in enumerate(cells)]
+        if neutral is not None:
+            at = cells[i1 - 1].guidance
+            pushed = replace(at, w=neutral_dose(at.w, gp, neutral))
+            x = sample_cells(anima, neutral, [Cell(pushed, cfg)], noise, steps=sweep.steps, shift=sweep.shift)[0]
+            same = anima.decode(x)  # (B, 3, H, W)
+            frames.append(_frame("neutral", own, 1.0, pushed.w, cfg, scores(same), readable(same)))
         checks |= w0_checks(anima, gp, sweep, policy, cfg, noise, images[i0], images[0])
         checks[f"pixel_change/cfg{cfg:g}"] = float((images[i1] - images[i0]).abs().mean())
         grid.append(images[[0] + [1 + i for i in curve]])
@@ -326,6 +345,15 @@ def cluster_effect(diff: np.ndarray, clusters: np.ndarray, n_boot: int, seed: in
     return float(means.mean()), lo, hi
 
 
+def clustered_mean(values, clusters, n_boot: int, seed: int) -> dict[str, float]:
+    """Mean of per-cluster means, its percentile-bootstrap 95 % interval over clusters and the MDE (two-sided 5 %,
+    80 % power) of a paired mean with that spread."""
+    mean, lo, hi = cluster_effect(values, clusters, n_boot, seed)
+    per = cluster_means(values, clusters)  # (P,)
+    return {"mean": mean, "lo": lo, "hi": hi,
+            "mde": mde(per.std(ddof=1) / np.sqrt(len(per)), alpha=0.025), "n": len(per)}
+
+
 def _cell(df: pd.DataFrame, arm: str, cfg: float, schedule: str = "none", units: float | None = None) -> pd.DataFrame:
     """One cell's rows, sorted by row (units None: the cell has none, plain or the prompt baseline)."""
     sel = (df.arm == arm) & (df.cfg == cfg) & (df.schedule == schedule)
@@ -370,16 +398,26 @@ def schedule_metrics(df: pd.DataFrame, schedule: str, cfgs: Sequence[float], pro
                      seed: int) -> dict[str, float]:
     """One schedule's headline, per CFG: the effect at its calibrated dose (units 1) over w = 0 with its
     prompt-clustered CI, the share of those images in the scorer's range and whether the cell is broken; the
-    swapped pair (units -1) where sampled; ``persists``: the share of CFG scales whose effect CI lies above 0 in an
-    unbroken cell. On a curve (more than w = 0 and w_cal): within-row Spearman and OLS slope (per unit of w_cal)
-    over its unbroken cells, and how many cells broke."""
+    swapped pair (units -1) where sampled; the MDE of the effect (two-sided 5 %, 80 % power, from the spread of its
+    prompt means); where the neutral pair was sampled, its effect at the same length (``neutral``) and the
+    guidance's excess over it (``excess``: paired, at - neutral); ``persists``: the share of CFG scales whose
+    effect CI lies above 0 in an unbroken cell. On a curve (more than w = 0 and w_cal): within-row Spearman and
+    OLS slope (per unit of w_cal) over its unbroken cells, and how many cells broke."""
     out, above = {}, []
     for cfg in cfgs:
         base, at = reference(df, schedule, cfg), _cell(df, "guided", cfg, schedule, 1.0)
-        mean, lo, hi = arm_effect(at, base, prompts, n_boot, seed)
-        out |= {f"effect/cfg{cfg:g}": mean, f"effect_lo/cfg{cfg:g}": lo, f"effect_hi/cfg{cfg:g}": hi,
-                f"in_range/cfg{cfg:g}": float(at.in_range.mean()), f"broken/cfg{cfg:g}": float(broken(at))}
-        above.append(lo > 0 and not broken(at))
+        clusters = at.row.to_numpy() % prompts
+        e = clustered_mean(at.score.to_numpy() - base.score.to_numpy(), clusters, n_boot, seed)
+        out |= {f"effect/cfg{cfg:g}": e["mean"], f"effect_lo/cfg{cfg:g}": e["lo"], f"effect_hi/cfg{cfg:g}": e["hi"],
+                f"mde/cfg{cfg:g}": e["mde"], f"in_range/cfg{cfg:g}": float(at.in_range.mean()),
+                f"broken/cfg{cfg:g}": float(broken(at))}
+        above.append(e["lo"] > 0 and not broken(at))
+        if len(same := _cell(df, "neutral", cfg, schedule, 1.0)):
+            for name, diff in (("neutral", same.score.to_numpy() - base.score.to_numpy()),
+                               ("excess", at.score.to_numpy() - same.score.to_numpy())):
+                n = clustered_mean(diff, clusters, n_boot, seed)
+                out |= {f"{name}/effect/cfg{cfg:g}": n["mean"], f"{name}/effect_lo/cfg{cfg:g}": n["lo"],
+                        f"{name}/effect_hi/cfg{cfg:g}": n["hi"]}
         if len(swapped := _cell(df, "guided", cfg, schedule, -1.0)):
             mean, lo, hi = arm_effect(swapped, base, prompts, n_boot, seed)
             out |= {f"swapped/effect/cfg{cfg:g}": mean, f"swapped/effect_lo/cfg{cfg:g}": lo,

@@ -9,7 +9,7 @@ import torch
 
 from anima_probe.adapters.lora import LoraWeights, save_lora
 from anima_probe.adapters.names import default_targets, linear_shapes
-from anima_probe.guidance import compat
+from anima_probe.guidance import compat, dose
 from anima_probe.guidance.guided import prepare
 from anima_probe.guidance.samplers import initial_noise
 from anima_probe.guidance.sources import PooledTextProjection
@@ -38,7 +38,7 @@ def setting(tiny_model_dir, tmp_path_factory):
     path = save_lora(lora, tmp_path_factory.mktemp("lora") / "planted.safetensors", "kohya", anima.dit_config)
     gp = prepare(anima, proj, PROMPTS, "masterpiece, best quality", "worst quality, blurry")
     neutral = prepare(anima, proj, PROMPTS, "a cat", "a house")
-    m = compat.Model("tiny", anima, gp, 1.0, neutral, compat.neutral_dose(1.0, gp, neutral), len(PROMPTS),
+    m = compat.Model("tiny", anima, gp, 1.0, neutral, dose.neutral_dose(1.0, gp, neutral), len(PROMPTS),
                      ("plain", "lora", "spectrum"), adapters={"lora": str(path)})
     return m, str(path), initial_noise(anima, len(PROMPTS), 32, 0)
 

@@ -69,10 +69,11 @@ def test_planted_delta_moves_images_and_w0_is_exactly_the_base_model(rgb_anima, 
         assert m[f"{fam}/w0_max_abs_diff/cfg{cfg}"] == 0.0  # measured against the hand-written base sampler
         assert m[f"{fam}/pixel_change/cfg{cfg}"] > 1e-3  # w_cal moves the images
         assert m[f"{fam}/w0_vs_plain_max_abs_diff/cfg{cfg}"] > 1e-3  # y = P(p) is itself a model change
-        for key in ("effect", "effect_lo", "effect_hi", "in_range", "broken", "swapped/effect", "spearman", "slope",
-                    "broken_cells"):
+        for key in ("effect", "effect_lo", "effect_hi", "mde", "in_range", "broken", "swapped/effect", "spearman",
+                    "slope", "broken_cells", "neutral/effect", "excess/effect_lo"):
             assert f"{fam}/uniform/{key}/cfg{cfg}" in m, key
         assert f"{fam}/step:1/effect/cfg{cfg}" in m and f"{fam}/step:1/swapped/effect/cfg{cfg}" not in m
+        assert f"{fam}/step:1/neutral/effect/cfg{cfg}" not in m  # the null of the same length: the swept schedule
         assert f"p_plus_prompt/effect/cfg{cfg}" in m and f"{fam}/base_effect/cfg{cfg}" in m
     for sched in ("uniform", "step:1"):  # a dose per schedule, and the search converged
         assert m[f"{fam}/{sched}/w_cal"] > 0 and m[f"{fam}/{sched}/w_cal_ratio"] == pytest.approx(1.0, abs=0.01)
@@ -85,11 +86,14 @@ def test_planted_delta_moves_images_and_w0_is_exactly_the_base_model(rgb_anima, 
     assert set(res.figures) == {"dose_response", "grid_pooled_text_proj"}
     table = pd.read_csv(pd.io.common.StringIO(res.tables["scores.csv"]))
     # per CFG and row: plain + 4 units on uniform + w_cal on step:1 (its w = 0 is uniform's: the base reaches every
-    # block), then the p+ prompt baseline
-    assert len(table) == 2 * 4 * (1 + 4 + 1) + 2 * 4
-    curve = table[(table.schedule == "uniform") & (table.cfg == 1)]
+    # block) + the neutral pair at uniform's w_cal, then the p+ prompt baseline
+    assert len(table) == 2 * 4 * (1 + 4 + 1 + 1) + 2 * 4
+    curve = table[(table.schedule == "uniform") & (table.cfg == 1) & (table.arm == "guided")]
     w_cal = m[f"{fam}/uniform/w_cal"]
     assert np.allclose(curve.w, curve.units * w_cal)  # the grid is in units of the calibrated dose
+    same = table[table.arm == "neutral"]
+    assert set(same.units) == {1.0} and set(same.schedule) == {"uniform"} and same.w.nunique() == 1
+    assert same.w.iloc[0] != pytest.approx(w_cal)  # dosed to p+/p-'s length, not p+/p-'s w
 
 
 def test_zero_initialised_projection_cannot_be_calibrated(rgb_anima, tmp_path):
@@ -174,6 +178,24 @@ def test_the_breakdown_rule_keeps_broken_cells_out_of_the_claims():
     assert m["slope/cfg1"] == pytest.approx(2.0)  # over units -1, 0, 1: the broken cell at 2 is out
     broken = dose.schedule_metrics(_cells({0.0: 1.0, 1.0: 0.625}), "uniform", (1.0,), prompts=4, n_boot=50, seed=0)
     assert broken["broken/cfg1"] == 1.0 and broken["persists"] == 0.0 and broken["effect/cfg1"] == pytest.approx(2.0)
+
+
+def test_the_null_of_the_same_length_and_the_excess_over_it_are_paired_by_prompt():
+    """Known answers: the guided cell moves every row by +2, the neutral push by -1 on prompts 0-1 and +1 on 2-3;
+    so neutral averages 0, the excess over it is +2 -(-1 | +1) = +3 | +1 (mean 2), and the MDE is 2.8 x the SE of
+    the effect's prompt means (all equal here: 0)."""
+    df = _cells({0.0: 1.0, 1.0: 1.0})
+    same = df[df.units == 0.0].assign(arm="neutral", units=1.0)
+    same["score"] += np.where(same.row % 4 < 2, -1.0, 1.0)
+    m = dose.schedule_metrics(pd.concat([df, same]), "uniform", (1.0,), prompts=4, n_boot=200, seed=0)
+    assert m["neutral/effect/cfg1"] == pytest.approx(0.0) and m["neutral/effect_lo/cfg1"] == pytest.approx(-1.0)
+    assert m["excess/effect/cfg1"] == pytest.approx(2.0) and m["excess/effect_hi/cfg1"] == pytest.approx(3.0)
+    assert m["effect/cfg1"] == pytest.approx(2.0) and m["mde/cfg1"] == pytest.approx(0.0)
+    noisy = df.copy()
+    noisy.loc[(noisy.units == 1.0) & (noisy.row % 4 == 0), "score"] += 4.0  # prompt 0: +6, the others +2
+    m = dose.schedule_metrics(noisy, "uniform", (1.0,), prompts=4, n_boot=200, seed=0)
+    assert m["mde/cfg1"] == pytest.approx(2.8016 * 2.0 / 2.0, rel=1e-3)  # sd of (6, 2, 2, 2) is 2, over sqrt(4)
+    assert "neutral/effect/cfg1" not in m
 
 
 def test_the_sweep_is_in_units_of_the_dose_and_names_its_headline():

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from anima_probe.guidance.compat import (
-    clustered_mean,
     effects,
     forwards_saved,
     novel_prompts,
@@ -15,6 +14,7 @@ from anima_probe.guidance.compat import (
     run_model,
     verdicts,
 )
+from anima_probe.guidance.dose import clustered_mean
 from anima_probe.guidance.spectrum import FACTS_SHEET, FAST
 from anima_probe.toyworld.world import CONTENT_TYPES
 
