@@ -8,7 +8,7 @@ one thread. The idle projection is that ratio times the cpu profile's idle time.
 process CPU, the 1-min load average sampled every 30 s), and written where the shipped model lives.
 
 Writes data/toyworld/positive_control/{model/, train.json, loss.csv}. Resumable: rerun with the same --out.
-    .venv/bin/python benchmarks/positive_control_budget.py --out /tmp/pc-run
+    .venv/bin/python benchmarks/positive_control_budget.py --out /tmp/pc-run [--threads 2]
 """
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="training folder (rerun with the same one to resume)")
     ap.add_argument("--ratio-steps", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 on a shared machine; the budget comes from the ratio either way)")
     args = ap.parse_args()
-    torch.set_num_threads(1)  # a shared machine: one thread each; the budget comes from the ratio below
+    torch.set_num_threads(args.threads)  # the budget comes from the ratio below, on the same threads
     cpu_record = json.loads((TOY / "cpu_train.json").read_text())
     ratio_times = step_cpu_seconds(("cpu", PROFILE), args.ratio_steps)
     ratio = float(np.median(ratio_times[PROFILE]) / np.median(ratio_times["cpu"]))

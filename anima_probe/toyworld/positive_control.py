@@ -1,39 +1,53 @@
-"""Can the suite see a modulation-guidance gain where one exists? A toy Anima that carries quality by modulation.
+"""Can the suite see a modulation-guidance gain where one exists? A toy Anima whose modulation carries quality in
+exactly the form Eq. 3 reads it.
 
 Issue 11's positive control. The toy world is trained from scratch with a text-aware modulation path, FLUX-style:
 the max-pooled (padded) ``crossattn_emb`` of the caption -> ``PooledTextProjection`` (Linear -> SiLU -> Linear) ->
 added to every block's and the final layer's ``embedded_timestep`` (the output of ``t_embedding_norm``), through
 the same injection the guided sampler uses (``guidance.modulation``). So the trained projection *is* a
-``pooled_text_proj`` modulation source in the community format, and Eq. 3 with it is the model's own mechanism.
+``pooled_text_proj`` modulation source in the community format.
 
-Known answer by construction: on a fixed half of the training images (``stripped_rows``) the quality tags
-(``world.quality_tags``: ``score_q`` and the quality words; resolution tags are a separate factor and stay) are
-removed from the cross-attention caption and kept only in the pooled input. Quality is then reachable through
-modulation alone, and guidance with the proposal's p+/p- must raise the toy quality score; if the suite does not
-see that, the suite is broken.
+Known answer by construction (``planted_weight``): on a fixed half of the training images (``stripped_rows``) the
+quality tags (``world.quality_tags``: ``score_q`` and the quality words; resolution tags are a separate factor and
+stay) are removed from the caption, for cross-attention and pooled input alike, and the image's quality reaches the
+model only through its modulation, written as Eq. 3 writes it:
+
+    y = P(pool(stripped caption)) + w_q * (P(pool(p+)) - P(pool(p-))),   w_q = (q - 5) / 4,
+
+with the proposal's p+ / p- (``data/manifests/guidance_prompts.json``). Eq. 3 at weight w on an untagged prompt is
+then *the training input of quality 5 + 4w*: w = 1 is p+'s quality 9, w = -1 p-'s quality 1, w = 0 the middle.
+The other half keeps its full caption in both inputs and no planted term, so the tags in the prompt still steer
+quality through cross-attention (the text change ``dose.calibrated_w`` calibrates against). If guidance-dose does
+not see a gain on this model at its calibrated dose, the suite is broken.
+
+Why this form and not the quality tags in the pooled input alone (the first two controls, measured in
+data/toyworld/README.md): under max pooling, ``P(pool(p+)) - P(pool(p-))`` of the tags alone is not the direction
+that adding the tags to a prompt moves ``P(pool(prompt))``, so a model that learned quality from pooled captions
+need not respond to Eq. 3's delta; such a control tests a premise about the pooling, not the suite.
 
 Dropout. The caption's usual 10 % dropout empties the whole text (cross-attention *and* pooled input, as a caption
 dropped to "" has an empty pooled input too); the pooled path has its own 10 % dropout on top. A dropped pooled
-input is the *empty prompt's* max-pooled ``crossattn_emb``, not a zero vector: at inference the CFG uncond row's
-base is ``P(pool(crossattn_emb("")))`` (``CFGRowPolicy`` per-row-base with negative "" and official both read the
-empty prompt), so training on the same vector keeps that row in distribution. (The padded max of "" is not zero:
-its [</s>] row is a real adapter output.)
+input is the *empty prompt's* max-pooled ``crossattn_emb``, not a zero vector, and carries no planted term: at
+inference the CFG uncond row's base is ``P(pool(crossattn_emb("")))`` (``CFGRowPolicy`` per-row-base with negative ""
+and official both read the empty prompt), so training on the same vector keeps that row in distribution. (The padded
+max of "" is not zero: its [</s>] row is a real adapter output.)
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anima_probe.guidance.eq3 import guided_vector
 from anima_probe.guidance.families import POOLED_TEXT_PROJ
-from anima_probe.guidance.modulation import constant, inject
+from anima_probe.guidance.modulation import Modulation, build, constant, inject
 from anima_probe.guidance.sources import PooledTextProjection, load_pooled_text_proj
 from anima_probe.model.anima import CROSSATTN_TOKENS
-from anima_probe.model.text import PromptTokens, crossattn
 from anima_probe.pipeline.provenance import REPO_ROOT
 from anima_probe.probes.pooling import pool_named
 from anima_probe.toyworld.world import ToyImage, quality_tags
@@ -42,6 +56,7 @@ POOLING = "max_padded"  # sorryhyun's pooling, which guided.prepare uses at infe
 PROJECTION_FILE = "pooled_text_proj.safetensors"  # inside the model folder: a model that carries its own source
 SHIPPED = REPO_ROOT / "data" / "toyworld" / "positive_control" / "model"  # its projection inside (PROJECTION_FILE)
 _STRIP_STREAM = 424_243  # the half-split draws from its own seed stream, never from a training step's
+PLANTED_MIDDLE, PLANTED_SPAN = 5, 4  # quality 5 + 4w: Eq. 3 at w = +-1 plants the ends of the 1..9 scale
 
 
 def strip_quality_tags(caption: str, quality: int) -> str:
@@ -64,14 +79,38 @@ def stripped_rows(n: int, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
-def training_texts(world: list[ToyImage], fraction: float, seed: int) -> tuple[list[str], np.ndarray]:
-    """All texts to encode once -- the full captions, then the stripped ones, then "" (last) -- and per image the
-    row of its cross-attention text, (N,) int. The pooled input of image i is always row i (the full caption)."""
+def planted_weight(quality) -> np.ndarray:
+    """Eq. 3's weight that carries quality q on a stripped row: ``(q - 5) / 4`` (w = 1: p+'s q 9, w = -1: p-'s q 1)."""
+    return (np.asarray(quality, dtype=np.float64) - PLANTED_MIDDLE) / PLANTED_SPAN
+
+
+@dataclass(frozen=True)
+class TrainingTexts:
+    """Every text of a training set, encoded once, and which one each image reads."""
+
+    texts: list[str]  # the full captions, the stripped ones, [p+, p-] (the planted pair, if any), "" (last)
+    rows: np.ndarray  # (N,) int: image i's text, for cross-attention and pooled input alike
+    planted: np.ndarray  # (N,) float: the Eq. 3 weight of image i's quality (planted_weight), 0 where not stripped
+
+    @property
+    def pair(self) -> list[int]:
+        """Rows of the planted p+ and p- (empty without a pair)."""
+        return [len(self.texts) - 3, len(self.texts) - 2] if self.planted.any() else []
+
+
+def training_texts(world: list[ToyImage], fraction: float, seed: int,
+                   pair: tuple[str, str] | None = None) -> TrainingTexts:
+    """The texts of ``world`` with the quality tags stripped from a ``fraction`` of the captions (``stripped_rows``);
+    a stripped image's quality is planted through Eq. 3 with ``pair`` = (p+, p-) instead, which it then needs."""
     mask = stripped_rows(len(world), fraction, seed)
+    if mask.any() and not (pair and all(pair)):
+        raise ValueError("stripped captions need the planted pair (p+, p-) that carries their quality")
     extra = [strip_quality_tags(w.caption, w.quality) for w, m in zip(world, mask, strict=True) if m]
     rows = np.arange(len(world))
     rows[mask] = len(world) + np.arange(len(extra))
-    return [w.caption for w in world] + extra + [""], rows
+    planted = np.where(mask, planted_weight([w.quality for w in world]), 0.0)
+    texts = [w.caption for w in world] + extra + (list(pair) if mask.any() else []) + [""]
+    return TrainingTexts(texts, rows, planted)
 
 
 def new_projection(hidden: int, text_dim: int, seed: int) -> PooledTextProjection:
@@ -87,18 +126,18 @@ def pooled_input(crossattn_emb: torch.Tensor, t5_mask: torch.Tensor) -> torch.Te
     return pool_named(crossattn_emb, mask, POOLING)
 
 
-def conditioning(adapter, hidden: torch.Tensor, tok: PromptTokens, text_idx: torch.Tensor,
-                 pool_idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Cross-attention input (B, 512, Dt) of rows ``text_idx`` and the pooled input (B, Dt) of rows ``pool_idx``
-    (None: no pooled path). The adapter runs once more only for rows whose pooled text differs."""
-    if pool_idx is None:
-        return crossattn(adapter, hidden[text_idx], tok[text_idx]), None
-    differs = (pool_idx != text_idx).nonzero().flatten()  # (k,)
-    rows = torch.cat([text_idx, pool_idx[differs]])  # (B + k,)
-    ctx = crossattn(adapter, hidden[rows], tok[rows])  # (B + k, 512, Dt)
-    pooled = pooled_input(ctx, tok.t5_mask[rows])  # (B + k, Dt)
-    B = len(text_idx)
-    return ctx[:B], pooled[:B].index_put((differs,), pooled[B:])  # (B, 512, Dt), (B, Dt)
+def planted_modulation(projection: PooledTextProjection, pooled: torch.Tensor, planted: torch.Tensor,
+                       pair: torch.Tensor | None, num_blocks: int) -> Modulation:
+    """The modulation each training row receives, laid out as the guided sampler lays out Eq. 3 (``modulation.build``
+    at w = 1 on every block, the final layer at the base, as the port's final_w 0): ``P(pooled)`` (B, D), plus on the
+    blocks of planted rows ``planted * (P(pool(p+)) - P(pool(p-)))``. ``planted`` (B,) is 0 on rows without the term;
+    ``pair`` (2, Dt) the pooled p+, p- (None: no planted term anywhere)."""
+    base = projection(pooled)  # (B, D)
+    if pair is None:
+        return constant(POOLED_TEXT_PROJ, base, num_blocks)
+    pos, neg = projection(pair)  # (D,) each
+    return build(POOLED_TEXT_PROJ, lambda w: guided_vector(base, pos, neg, w * planted[:, None].to(base.dtype)),
+                 torch.ones(num_blocks), final_weight=0.0)
 
 
 def load_projection(path: str, anima) -> PooledTextProjection | None:

@@ -12,6 +12,7 @@ the positive control of issue 11 (a text-aware modulation path that carries qual
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -25,13 +26,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from anima_probe.errors import InputError, UsageError
+from anima_probe.guidance.modulation import inject
 from anima_probe.guidance.sources import save_pooled_text_proj
 from anima_probe.model.anima import Anima, _freeze, build_adapter, build_transformer, dit_velocity
 from anima_probe.model.dit_file import AdapterConfig, DiTConfig
 from anima_probe.model.flow import add_noise, logit_normal_sigmas, velocity_target
-from anima_probe.model.text import PromptTokens, qwen_states, tokenize_prompts
+from anima_probe.model.text import PromptTokens, crossattn, qwen_states, tokenize_prompts
 from anima_probe.model.tiny import dit_file_state, tiny_qwen3, write_dit_file, write_qwen3_file
 from anima_probe.model.tokenization import QWEN_DIR_NAME, T5_DIR_NAME, load_tokenizers, train_tiny_tokenizers
+from anima_probe.pipeline.manifests import load_prompt_sets
 from anima_probe.pipeline.vocabulary import write_training_vocabulary
 from anima_probe.toyworld import positive_control as pc
 from anima_probe.toyworld.world import captions, generate
@@ -65,11 +68,16 @@ class ToyConfig:
     bf16: bool = True  # autocast on CUDA only
     pooled_path: bool = False  # the positive control: max-pooled crossattn_emb -> MLP -> + t_embedding_norm output
     pooled_dropout: float = 0.1  # the path's own dropout to the empty prompt's pooled input
-    strip_quality: float = 0.0  # share of images whose quality tags live only in the pooled input
+    strip_quality: float = 0.0  # share of images whose quality reaches the model only through the modulation
+    planted_positive: str = ""  # the Eq. 3 pair (p+, p-) that plants a stripped image's quality in its modulation
+    planted_negative: str = ""
 
     def __post_init__(self):
         if self.strip_quality and not self.pooled_path:
             raise UsageError("strip_quality > 0 needs pooled_path=True: the stripped tags would reach no input")
+        if self.strip_quality and not (self.planted_positive and self.planted_negative):
+            raise UsageError("strip_quality > 0 needs planted_positive and planted_negative: the Eq. 3 pair that "
+                             "carries a stripped image's quality")
 
     def dit(self) -> DiTConfig:
         return DiTConfig(hidden=self.hidden, num_blocks=self.num_blocks, head_dim=self.head_dim,
@@ -87,11 +95,13 @@ class ToyConfig:
 # run). Its EMA decay is shorter: at 0.999 the average still holds 0.999^1200 = 30 % of the initial (identity)
 # weights at the last step, and a measured cpu run with it drew artists at 0.15 accuracy while its last raw weights
 # reached 0.91 (data/toyworld/README.md). At 0.995 the window is ~200 steps and the initial share 0.2 %.
-# The positive-control profiles train the same world with the pooled path and half of the quality tags moved out of
-# the cross-attention caption (toyworld/positive_control.py). A step costs up to ~1.15x a plain one (the adapter runs
-# again for rows whose pooled text differs; measured by benchmarks/positive_control_budget.py), so the cpu variant
-# takes 1,100 steps to stay inside the 45 minutes that 1,200 plain steps filled to 0.88.
-_POSITIVE = {"pooled_path": True, "strip_quality": 0.5}
+# The positive-control profiles train the same world with the pooled path, and on half of the images the quality tags
+# moved out of the caption into an Eq. 3 term with the proposal's p+ / p- (toyworld/positive_control.py). Its cpu
+# variant keeps the 1,100 steps of the earlier control (whose steps cost up to ~1.15x a plain one), inside the
+# 45 minutes that 1,200 plain steps filled to 0.88; benchmarks/positive_control_budget.py measures the ratio.
+_PAIR = load_prompt_sets()["guidance"]
+_POSITIVE = {"pooled_path": True, "strip_quality": 0.5, "planted_positive": _PAIR["positive"],
+             "planted_negative": _PAIR["negative"]}
 PROFILES = {
     "gpu": ToyConfig(steps=3500),
     "cpu": ToyConfig(steps=1200, batch_size=64, warmup=100, checkpoint_every=200, bf16=False, ema_decay=0.995),
@@ -107,7 +117,9 @@ class _Data:
     x0: torch.Tensor  # (N, 3, H, W) in [-1, 1]
     hidden: torch.Tensor  # (T, Lq, Dq) Qwen states of every text; the last row is the empty prompt
     tok: PromptTokens  # T rows
-    text_row: torch.Tensor  # (N,) long: the text image i's cross-attention reads (its caption, or stripped)
+    text_row: torch.Tensor  # (N,) long: the text image i reads (its caption, or stripped)
+    planted: torch.Tensor  # (N,) Eq. 3 weight of image i's quality (0 where its caption keeps the tags)
+    pair: torch.Tensor  # (0,) or (2,) long: the rows of the planted p+, p-
 
     @property
     def empty(self) -> int:
@@ -118,16 +130,18 @@ def _data(cfg: ToyConfig, model_dir: Path, device):
     """The data, the frozen Qwen3 and the T5 vocabulary size; tokenizers are trained on the full captions only."""
     world = generate(cfg.n_images, cfg.seed, cfg.image_size)
     captions = [w.caption for w in world]
-    texts, text_row = pc.training_texts(world, cfg.strip_quality, cfg.seed)  # captions, stripped ones, ""
+    tt = pc.training_texts(world, cfg.strip_quality, cfg.seed, (cfg.planted_positive, cfg.planted_negative))
     x0 = torch.from_numpy(np.stack([w.image for w in world])).permute(0, 3, 1, 2) * 2 - 1  # (N, 3, H, W)
     qdir, tdir = train_tiny_tokenizers(model_dir, captions, qwen_vocab=cfg.qwen_vocab, t5_vocab=cfg.t5_vocab,
                                        seed=cfg.seed)
     qtok, ttok = load_tokenizers(qdir, tdir)
     qwen = _freeze(tiny_qwen3(len(qtok), cfg.seed, cfg.qwen_dims()).to(device))
-    tok = tokenize_prompts(qtok, ttok, texts).to(device)
+    tok = tokenize_prompts(qtok, ttok, tt.texts).to(device)
     with torch.no_grad():
-        hidden = torch.cat([qwen_states(qwen, tok[i : i + 1024]) for i in range(0, len(texts), 1024)])
-    return _Data(x0.to(device), hidden, tok, torch.from_numpy(text_row).to(device)), qwen, len(ttok)
+        hidden = torch.cat([qwen_states(qwen, tok[i : i + 1024]) for i in range(0, len(tt.texts), 1024)])
+    data = _Data(x0.to(device), hidden, tok, torch.from_numpy(tt.rows).to(device),
+                 torch.from_numpy(tt.planted).float().to(device), torch.tensor(tt.pair, dtype=torch.long, device=device))
+    return data, qwen, len(ttok)
 
 
 def _models(cfg: ToyConfig, t5_vocab: int, device):
@@ -162,15 +176,22 @@ def _loss(cfg, net: Anima, projection, data: _Data, step, device):
     text_idx = torch.where(drop, data.empty, data.text_row[idx])
     sigma = logit_normal_sigmas(cfg.batch_size, generator=g, device=device)  # (B,)
     noise = torch.randn(data.x0[idx].shape, generator=g, device=device)  # (B, 3, H, W)
-    pool_idx = None
+    rows, modulation = text_idx, None
     if projection is not None:  # drawn last, so the plain world's random stream is unchanged
         pdrop = torch.rand(cfg.batch_size, generator=g, device=device) < cfg.pooled_dropout
-        pool_idx = torch.where(drop | pdrop, data.empty, idx)  # the pooled input is the full caption
+        rows = torch.cat([text_idx, data.pair, text_idx.new_tensor([data.empty])])  # + [p+, p-] + ""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    B = cfg.batch_size
     with autocast:
-        ctx, pooled = pc.conditioning(net.adapter, data.hidden, data.tok, text_idx, pool_idx)  # (B, 512, Dt)
-        with pc.pooled_injection(net, projection, pooled):
-            v = dit_velocity(net.transformer, add_noise(data.x0[idx], noise, sigma), sigma, ctx)
+        ctx = crossattn(net.adapter, data.hidden[rows], data.tok[rows])  # (B [+ 3], 512, Dt)
+        if projection is not None:
+            pooled = pc.pooled_input(ctx, data.tok.t5_mask[rows])  # (B + 3, Dt)
+            own = torch.where(pdrop[:, None], pooled[-1], pooled[:B])  # (B, Dt) a dropped path reads ""
+            planted = torch.where(drop | pdrop, 0.0, data.planted[idx])  # (B,) no planted term without the path
+            modulation = pc.planted_modulation(projection, own, planted, pooled[B:-1] if len(data.pair) else None,
+                                               net.num_blocks)
+        with inject(net, modulation) if modulation is not None else contextlib.nullcontext():
+            v = dit_velocity(net.transformer, add_noise(data.x0[idx], noise, sigma), sigma, ctx[:B])
     return F.mse_loss(v.float(), velocity_target(data.x0[idx], noise))
 
 

@@ -91,6 +91,35 @@ def test_training_moves_the_projection_and_resumes_exactly(tmp_path):
     assert load_anima(model, with_vae=False).dit_config.hidden == cfg.hidden
 
 
-def test_quality_stripping_needs_the_pooled_path():
+def test_quality_stripping_needs_the_pooled_path_and_the_planted_pair():
     with pytest.raises(ValueError, match="strip_quality > 0 needs pooled_path=True"):
         ToyConfig(strip_quality=0.5)
+    with pytest.raises(ValueError, match="strip_quality > 0 needs planted_positive and planted_negative"):
+        ToyConfig(strip_quality=0.5, pooled_path=True, planted_positive="score_9")
+
+
+@pytest.mark.parametrize("w", [1.0, -0.75])
+def test_eq3_at_w_on_a_stripped_caption_is_the_training_input_of_quality_5_plus_4w(tmp_path, w):
+    """The known answer, end to end: what guided sampling hands the blocks at weight w (prepare -> modulation_for,
+    the experiment's path) is exactly the planted vector training gave an image of quality 5 + 4w."""
+    from anima_probe.guidance.guided import Guidance, modulation_for, prepare
+    from anima_probe.guidance.schedules import Schedule
+    from anima_probe.model.text import encode_prompts
+
+    cfg = replace(PROFILES["positive-control-cpu"], **TINY)
+    model = train_toy_world(tmp_path / "pc", cfg, progress=False)
+    anima = load_anima(model, with_vae=False)
+    projection = pc.load_projection(str(model / pc.PROJECTION_FILE), anima)
+    torch.nn.init.normal_(projection.linear_out.weight, std=0.1)  # a path that moves (4 tiny steps barely do)
+    prompt, pair = "1girl, solo, @kiri_ama", (cfg.planted_positive, cfg.planted_negative)
+    gp = prepare(anima, projection, [prompt], *pair)
+    guided = modulation_for(gp, Guidance(w, Schedule()), anima.num_blocks, cfg=False)
+    with torch.no_grad():  # the training side: one encoding of [caption, p+, p-], pooled as training pools
+        tc = encode_prompts(anima, [prompt, *pair])
+        pooled = pc.pooled_input(tc.crossattn_emb, tc.t5_mask)  # (3, Dt)
+        weight = torch.tensor([pc.planted_weight(5 + 4 * w).item()])
+        planted = pc.planted_modulation(projection, pooled[:1], weight, pooled[1:], anima.num_blocks)
+    assert not torch.allclose(planted.blocks[0], projection(pooled[:1]))  # the planted term is there ...
+    torch.testing.assert_close(planted.final, projection(pooled[:1]))  # ... on the blocks; the final layer: the base
+    for got, want in zip([*guided.blocks, guided.final], [*planted.blocks, planted.final], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -1,12 +1,17 @@
-"""The positive control's known answer is built into its data: quality tags leave the cross-attention caption on
-exactly the chosen half of the images and stay in the pooled input everywhere."""
+"""The positive control's known answer is built into its data: quality tags leave the caption on exactly the chosen
+half of the images, whose quality is planted as an Eq. 3 weight instead."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from anima_probe.toyworld.positive_control import strip_quality_tags, stripped_rows, training_texts
+from anima_probe.toyworld.positive_control import (
+    planted_weight,
+    strip_quality_tags,
+    stripped_rows,
+    training_texts,
+)
 from anima_probe.toyworld.world import generate, quality_tags
 
 
@@ -40,21 +45,34 @@ def test_exactly_the_chosen_half_and_a_function_of_the_seed():
         stripped_rows(10, 1.5, 0)
 
 
-def test_cross_attention_lacks_the_tags_on_the_chosen_half_and_the_pooled_text_keeps_them():
+def test_the_planted_weight_puts_p_plus_and_p_minus_at_the_ends_of_the_scale():
+    assert planted_weight([9, 1, 5, 7]).tolist() == [1.0, -1.0, 0.0, 0.5]
+
+
+def test_the_chosen_half_loses_its_tags_from_both_inputs_and_carries_its_quality_as_a_planted_weight():
     world = generate(60, seed=3)
-    texts, rows = training_texts(world, 0.5, seed=0)
+    tt = training_texts(world, 0.5, seed=0, pair=("P+", "P-"))
     mask = stripped_rows(60, 0.5, seed=0)
-    assert texts[-1] == "" and len(texts) == 60 + 30 + 1  # full captions, the stripped half, the empty prompt
+    assert len(tt.texts) == 60 + 30 + 3 and tt.texts[-3:] == ["P+", "P-", ""]  # captions, stripped, pair, empty
+    assert [tt.texts[i] for i in tt.pair] == ["P+", "P-"]
     for i, w in enumerate(world):
         quality = set(quality_tags(w.quality))
-        assert texts[i] == w.caption and quality <= set(_tags(texts[i]))  # row i: the pooled input, always full
-        cross = _tags(texts[rows[i]])
+        text = _tags(tt.texts[tt.rows[i]])
         if mask[i]:
-            assert rows[i] >= 60 and not quality & set(cross)
-            assert cross == [t for t in _tags(w.caption) if t not in quality]
+            assert tt.rows[i] >= 60 and not quality & set(text)
+            assert text == [t for t in _tags(w.caption) if t not in quality]
+            assert tt.planted[i] == (w.quality - 5) / 4
         else:
-            assert rows[i] == i
-    assert (rows >= 60).sum() == 30
+            assert tt.rows[i] == i and tt.texts[i] == w.caption and tt.planted[i] == 0.0
+    assert (tt.rows >= 60).sum() == 30
+
+
+def test_the_plain_world_has_no_pair_and_stripping_without_one_is_refused():
+    world = generate(10, seed=3)
+    plain = training_texts(world, 0.0, seed=0)
+    assert plain.texts == [w.caption for w in world] + [""] and plain.pair == [] and not plain.planted.any()
+    with pytest.raises(ValueError, match=r"stripped captions need the planted pair \(p\+, p-\)"):
+        training_texts(world, 0.5, seed=0, pair=("P+", ""))
 
 
 def _run_folder(path, experiment: str, projection: str):
