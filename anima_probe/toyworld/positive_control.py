@@ -91,11 +91,7 @@ class TrainingTexts:
     texts: list[str]  # the full captions, the stripped ones, [p+, p-] (the planted pair, if any), "" (last)
     rows: np.ndarray  # (N,) int: image i's text, for cross-attention and pooled input alike
     planted: np.ndarray  # (N,) float: the Eq. 3 weight of image i's quality (planted_weight), 0 where not stripped
-
-    @property
-    def pair(self) -> list[int]:
-        """Rows of the planted p+ and p- (empty without a pair)."""
-        return [len(self.texts) - 3, len(self.texts) - 2] if self.planted.any() else []
+    pair: list[int]  # the rows of the planted p+ and p- (empty when no caption is stripped)
 
 
 def training_texts(world: list[ToyImage], fraction: float, seed: int,
@@ -110,7 +106,7 @@ def training_texts(world: list[ToyImage], fraction: float, seed: int,
     rows[mask] = len(world) + np.arange(len(extra))
     planted = np.where(mask, planted_weight([w.quality for w in world]), 0.0)
     texts = [w.caption for w in world] + extra + (list(pair) if mask.any() else []) + [""]
-    return TrainingTexts(texts, rows, planted)
+    return TrainingTexts(texts, rows, planted, [len(texts) - 3, len(texts) - 2] if mask.any() else [])
 
 
 def new_projection(hidden: int, text_dim: int, seed: int) -> PooledTextProjection:
