@@ -139,7 +139,7 @@ def compatibility(ctx: Context, cfg: CompatibilityConfig) -> Result:
 
 
 EXPERIMENT = Experiment(
-    name="compatibility", version="2", config=CompatibilityConfig, fn=compatibility, needs_dit=True,
+    name="compatibility", version="3", config=CompatibilityConfig, fn=compatibility, needs_dit=True,
     needs_images=True,
     question="Does modulation guidance keep its effect beside a LoRA, T-LoRA, HydraLoRA or Spectrum at CFG 1 / 3 / 5, "
     "and do they keep theirs under guidance (the proposal's compatibility table)?")

@@ -108,8 +108,9 @@ class Calibration:
     """The dose at which modulation moves the velocity as far as the quality tags in the prompt do.
 
     ``text_norm``: mean over rows and steps of ||v(x; "p+, prompt") - v(x; "p-, prompt")|| (cross-attention only:
-    every row keeps its base modulation); ``mod_norm``: the same mean of ||v(x; prompt, w) - v(x; prompt, 0)|| at
-    ``w``; ``ratio`` = mod_norm / text_norm (1 when the search converged)."""
+    every row keeps its base modulation); ``mod_norm``: the same mean of ||v(x; prompt, +w) - v(x; prompt, -w)|| at
+    ``w`` (Eq. 3 with the pair against the swapped pair); ``ratio`` = mod_norm / text_norm (1 when the search
+    converged)."""
 
     w: float
     text_norm: float
@@ -126,10 +127,17 @@ def calibrated_w(anima, gp: GuidedPrompts, prompts: Sequence[str], pos: str, neg
     """The w at which the norm of the modulation-induced velocity change equals the norm of the text-induced one
     (issue 11: "the headline is never w_max alone"), for one model and source, along the base model's own path.
 
+    Like for like: the text change is the contrast p+ vs p- written into the prompt, ``v("p+, prompt") -
+    v("p-, prompt")``; the modulation change is the same contrast made by Eq. 3, the pair against the swapped pair,
+    ``v(+w) - v(-w)`` (the headline cell against the negative control's). Until v5 the modulation side was one-sided,
+    ``v(w) - v(0)``: a push from the base asked to go as far as the whole p+/p- contrast, about twice the dose. On the
+    positive control, whose Eq. 3 at w = 1 is by construction the training input of p+'s quality, the one-sided rule
+    gave w_cal 1.86 and the two-sided one 1.1 (data/toyworld/README.md, "The known answer").
+
     The states are those of the w = 0 Euler trajectory of each row at CFG 1 (every step but the last sigma 0), so
     the dose is read where the sampler actually goes, not on an arbitrary noise level. Both changes are measured
     on the cond row with everything else held: the text change swaps only the cross-attention context (the row's
-    base modulation ``P(prompt)`` stays), the modulation change only adds ``w * Delta`` on the sweep's block
+    base modulation ``P(prompt)`` stays), the modulation change only adds ``+-w * Delta`` on the sweep's block
     schedule. The modulation change is not linear in w (AdaLN's shift/scale/gate pass through the blocks), so w is
     found by the fixed-point iteration ``w <- w * text_norm / mod_norm(w)`` from w = 1 until the norms agree within
     ``tolerance`` (the ratio it reaches is kept in the record, so a search that did not converge is visible)."""
@@ -137,9 +145,9 @@ def calibrated_w(anima, gp: GuidedPrompts, prompts: Sequence[str], pos: str, neg
         raise ValueError(f"{len(prompts)} prompt strings for {len(gp)} prepared prompts")
     states = []
 
-    def record(step: dict) -> None:  # the state and its w = 0 velocity, v = (x - denoised) / sigma
-        x, s = step["x"], step["sigma"]
-        states.append((x.clone(), torch.full((x.shape[0],), s, device=x.device), (x - step["denoised"]) / s))
+    def record(step: dict) -> None:  # a state of the w = 0 path
+        x = step["x"]
+        states.append((x.clone(), torch.full((x.shape[0],), step["sigma"], device=x.device)))
 
     base = modulation_for(gp, Guidance(0.0, sweep.schedule), anima.num_blocks, cfg=False)
     with inject(anima, base):
@@ -147,18 +155,21 @@ def calibrated_w(anima, gp: GuidedPrompts, prompts: Sequence[str], pos: str, neg
                      simple_sigmas(sweep.steps, sweep.shift), callback=record, disable=True)
         tagged = encode_prompts(anima, [f"{t}, {p}" for t in (pos, neg) for p in prompts]).crossattn_emb
         plus, minus = tagged.chunk(2)  # (B, 512, Dt) each
-        text = _mean_norm([anima.velocity(x, s, plus) - anima.velocity(x, s, minus) for x, s, _ in states])
+        text = _mean_norm([anima.velocity(x, s, plus) - anima.velocity(x, s, minus) for x, s in states])
 
-    def mod_norm(w: float) -> float:
+    def velocities(w: float) -> list[torch.Tensor]:
         with inject(anima, modulation_for(gp, Guidance(w, sweep.schedule), anima.num_blocks, cfg=False)):
-            return _mean_norm([anima.velocity(x, s, gp.cond_ctx) - v0 for x, s, v0 in states])
+            return [anima.velocity(x, s, gp.cond_ctx) for x, s in states]
+
+    def mod_norm(w: float) -> float:  # the Eq. 3 contrast: the pair against the swapped pair
+        return _mean_norm([a - b for a, b in zip(velocities(w), velocities(-w), strict=True)])
 
     if text == 0.0:
         raise UsageError(f"p+ {pos!r} and p- {neg!r} written into the prompt do not change the velocity: there is no "
                          "text change to calibrate against")
     w, moved = 1.0, mod_norm(1.0)
     for _ in range(iterations):
-        if moved < 1e-5 * text:  # v0 is recovered from the sampler's x0 estimate: ~1e-7 rounding, never exactly 0
+        if moved < 1e-5 * text:  # a zero delta gives +w and -w the same vectors
             raise InputError("the modulation source does not move the velocity at all (zero delta or zero-init "
                              "projection): no dose can match the text's change")
         if abs(moved / text - 1.0) < tolerance:

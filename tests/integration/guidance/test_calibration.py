@@ -50,6 +50,17 @@ def test_the_dose_is_in_units_of_the_delta(setting):
     assert two.w == pytest.approx(one.w / 2, rel=1e-3)
 
 
+def test_the_dose_compares_like_with_like_so_swapping_the_pair_keeps_it(setting):
+    """The text side contrasts p+ with p-, the modulation side the pair with the swapped pair (+w against -w): so
+    swapping p+ and p- (delta -> -delta) must give exactly the dose it gave. A one-sided modulation change (w
+    against 0, the rule before v5) breaks this wherever the response to +w and -w differ in size."""
+    anima, gp, noise = setting
+    one = dose.calibrated_w(anima, gp, PROMPTS, POS, NEG, noise, SWEEP)
+    swapped = dose.calibrated_w(anima, replace(gp, delta=-gp.delta), PROMPTS, NEG, POS, noise, SWEEP)
+    assert swapped.text_norm == pytest.approx(one.text_norm, rel=1e-6)
+    assert swapped.w == pytest.approx(one.w, rel=1e-6) and swapped.mod_norm == pytest.approx(one.mod_norm, rel=1e-6)
+
+
 def test_no_change_to_calibrate_against_is_named(setting):
     anima, gp, noise = setting
     with pytest.raises(ValueError, match="does not move the velocity"):
