@@ -45,7 +45,9 @@ class GuidanceDoseConfig:
     prompt_variant: str = "proposal"  # p+ / p-: the proposal's, or a variant of data/manifests/guidance_prompts
     prompts: int = 16  # toy prompts (content + artist): 16 cover all 8 contents and all 12 artists
     seeds: int = 2  # noise draws per prompt: rows = prompts x seeds; CIs resample prompts (clusters)
-    ws: tuple[float, ...] = (-1.0, 0.0, 0.5, 1.0, 2.0, 4.0)  # units of w_cal (-1: p+/p- swapped at w_cal)
+    # units of w_cal (-1: p+/p- swapped at w_cal). v5 dropped v4's 0.5: its cell pays for the null of the same length
+    # inside the 5-CPU-minute budget, and the like-for-like dose is about half v4's, so 1 sits near v4's 0.5
+    ws: tuple[float, ...] = (-1.0, 0.0, 1.0, 2.0, 4.0)
     cfgs: tuple[float, ...] = (1.0, 3.0, 5.0)  # ComfyUI scale (1 = no CFG)
     # Euler, shift below. v4: 6 steps, for issue 11's 5-CPU-minute budget (v3: 8). Mean plain-sample score of
     # these 32 rows at 5 / 6 / 8 / 12 steps: CFG 1 6.99 / 6.97 / 6.92 / 6.77, CFG 3 6.27 / 6.36 / 6.49 / 6.54
