@@ -96,9 +96,9 @@ class ToyConfig:
 # weights at the last step, and a measured cpu run with it drew artists at 0.15 accuracy while its last raw weights
 # reached 0.91 (data/toyworld/README.md). At 0.995 the window is ~200 steps and the initial share 0.2 %.
 # The positive-control profiles train the same world with the pooled path, and on half of the images the quality tags
-# moved out of the caption into an Eq. 3 term with the proposal's p+ / p- (toyworld/positive_control.py). Its cpu
-# variant keeps the 1,100 steps of the earlier control (whose steps cost up to ~1.15x a plain one), inside the
-# 45 minutes that 1,200 plain steps filled to 0.88; benchmarks/positive_control_budget.py measures the ratio.
+# moved out of the caption into an Eq. 3 term with the proposal's p+ / p- (toyworld/positive_control.py). A step costs
+# 1.00x a plain one (the adapter runs on 3 more rows; benchmarks/positive_control_budget.py, data/toyworld/
+# positive_control/train.json), so the cpu variant's 1,100 steps project 36 of the 45 minutes on an idle machine.
 _PAIR = load_prompt_sets()["guidance"]
 _POSITIVE = {"pooled_path": True, "strip_quality": 0.5, "planted_positive": _PAIR["positive"],
              "planted_negative": _PAIR["negative"]}
