@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from anima_probe.adapters.evaluate import NovelArtistEvalConfig, fit_artist_classifier
 from anima_probe.errors import UsageError
 from anima_probe.guidance import compat, dose, families
-from anima_probe.guidance.guided import prepare
+from anima_probe.guidance.guided import pair_delta, prepare
 from anima_probe.guidance.samplers import initial_noise
 from anima_probe.guidance.spectrum import FAST
 from anima_probe.model.anima import load_anima
@@ -61,7 +61,7 @@ def _model(name, anima, source, rows, prompts, cfg, **extra) -> tuple[compat.Mod
     """Prepare a model, dosed by dose.calibrated_w on the first calibration rows at CFG 1."""
     g = load_prompt_sets()["guidance"]
     gp = prepare(anima, source, rows, g["positive"], g["negative"])
-    neutral = prepare(anima, source, rows, *dose.NEUTRAL_PAIR)
+    neutral = replace(gp, delta=pair_delta(anima, source, *dose.NEUTRAL_PAIR))
     noise = initial_noise(anima, len(rows), cfg.size, cfg.seed)  # (R, C, h, w)
     k = min(cfg.calibration_prompts, len(rows))
     cal = dose.calibrated_w(anima, gp.rows(slice(k)), rows[:k], g["positive"], g["negative"], noise[:k],

@@ -13,7 +13,7 @@ definitions: ``anima_probe/guidance/dose.py``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from anima_probe.errors import UsageError
 from anima_probe.guidance import dose, families
 from anima_probe.guidance.eq3 import CFGRowPolicy
-from anima_probe.guidance.guided import prepare
+from anima_probe.guidance.guided import pair_delta, prepare
 from anima_probe.guidance.samplers import initial_noise
 from anima_probe.guidance.schedules import Schedule
 from anima_probe.model.clip import load_clip
@@ -121,7 +121,7 @@ def guidance_dose(ctx: Context, cfg: GuidanceDoseConfig) -> Result:
     for source, clip in sources:
         family = families.family_of(source)
         gp = prepare(ctx.anima, source, prompts, pos, neg, cfg.negative, clip=clip)
-        neutral = prepare(ctx.anima, source, prompts, *dose.NEUTRAL_PAIR, cfg.negative, clip=clip)
+        neutral = replace(gp, delta=pair_delta(ctx.anima, source, *dose.NEUTRAL_PAIR, clip=clip))
         policy = family.default_policy if cfg.row_policy == "own" else CFGRowPolicy(cfg.row_policy)
         calibrations = dose.calibrate_schedules(ctx.anima, gp, prompts, pos, neg, noise, sweep, schedules,
                                                 cfg.calibration_rows, bar)

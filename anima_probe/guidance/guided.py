@@ -101,17 +101,26 @@ def prepare(anima, source, prompts: list[str], pos: str, neg: str, negative: str
     uncond_texts = {p.value: uncond_base_prompt(p, negative) for p in CFGRowPolicy}  # None: unused (both)
     texts = prompts + sorted({negative, *(t for t in uncond_texts.values() if t is not None)} - set(prompts))
     row = {t: i for i, t in enumerate(texts)}
-    tc, pair = encode_prompts(anima, texts), encode_prompts(anima, [pos, neg])
+    tc = encode_prompts(anima, texts)
     source = source.to(anima.device)
     with torch.no_grad():
         bases = fam.project(source, fam.pool(texts, tc, clip, pooling).to(anima.device))  # (B + E, W): one call
-        pooled_pair = fam.pool([pos, neg], pair, clip, pooling).to(anima.device)  # (2, P)
-        delta = guidance_delta(source, *pooled_pair.chunk(2))  # (1, W): P(p+) - P(p-)
+    delta = pair_delta(anima, source, pos, neg, clip=clip, pooling=pooling)
     base_uncond = {k: bases[row[t]].expand(B, -1) for k, t in uncond_texts.items() if t is not None}
     scales = None if fam.block_scales is None else fam.block_scales(source).detach()  # no graph while sampling
     ctx = tc.crossattn_emb  # (B + E, 512, Dt)
     return GuidedPrompts(fam.name, ctx[:B], ctx[row[negative]].expand(B, -1, -1), bases[:B], base_uncond, delta,
                          scales)
+
+
+def pair_delta(anima, source, pos: str, neg: str, *, clip=None, pooling: str = "max_padded") -> torch.Tensor:
+    """(1, W) ``P(p+) - P(p-)`` with the source's projection. p+ and p- are encoded as their own pair, so the delta
+    does not depend on the prompts it is sampled with. Another pair on the same prompts is
+    ``replace(gp, delta=pair_delta(...))``: the prompts are not encoded again."""
+    fam = families.family_of(source)
+    with torch.no_grad():
+        pooled = fam.pool([pos, neg], encode_prompts(anima, [pos, neg]), clip, pooling).to(anima.device)  # (2, P)
+        return guidance_delta(source.to(anima.device), *pooled.chunk(2))
 
 
 # ------------------------------------------------------------------------------- per (guidance, CFG) cell
