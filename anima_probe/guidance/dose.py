@@ -131,8 +131,8 @@ def calibrated_w(anima, gp: GuidedPrompts, prompts: Sequence[str], pos: str, neg
     v("p-, prompt")``; the modulation change is the same contrast made by Eq. 3, the pair against the swapped pair,
     ``v(+w) - v(-w)`` (the headline cell against the negative control's). Until v5 the modulation side was one-sided,
     ``v(w) - v(0)``: a push from the base asked to go as far as the whole p+/p- contrast, about twice the dose. On the
-    positive control, whose Eq. 3 at w = 1 is by construction the training input of p+'s quality, the one-sided rule
-    gave w_cal 1.86 and the two-sided one 1.1 (data/toyworld/README.md, "The known answer").
+    stop-21 positive control, whose Eq. 3 at w = 1 was by construction the training input of p+'s quality, the
+    one-sided rule gave w_cal 1.86 and the two-sided one 1.1 (data/toyworld/README.md, "The known answer").
 
     The states are those of the w = 0 Euler trajectory of each row at CFG 1 (every step but the last sigma 0), so
     the dose is read where the sampler actually goes, not on an arbitrary noise level. Both changes are measured

@@ -12,10 +12,17 @@ quality tags (``world.quality_tags``: ``score_q`` and the quality words; resolut
 stay) are removed from the caption, for cross-attention and pooled input alike, and the image's quality reaches the
 model only through its modulation, written as Eq. 3 writes it:
 
-    y = P(pool(stripped caption)) + w_q * (P(pool(p+)) - P(pool(p-))),   w_q = (q - 5) / 4,
+    y = P(pool(stripped caption)) + w_q * (P(pool(p+)) - P(pool(p-))),   w_q = (q - 1) / 4,
 
 with the proposal's p+ / p- (``data/manifests/guidance_prompts.json``). Eq. 3 at weight w on an untagged prompt is
-then *the training input of quality 5 + 4w*: w = 1 is p+'s quality 9, w = -1 p-'s quality 1, w = 0 the middle.
+then *the training input of quality 1 + 4w*: w = 0 is quality 1, w = 1 the middle (5), w = 2 the top (9).
+
+Why the untagged prompt sits at the bottom (since stop 22). The stop-21 control planted it in the middle (q 5 + 4w),
+and Eq. 3 at w = 1 (its q 9) rendered no better than w = 0: at 6 to 20 Euler steps the toy model draws nothing above
+quality ~5 that the scorer can tell apart (benchmarks/quality_headroom.py), so that control planted no gain in image
+space for the suite to find. The scale rendered at few steps is its lower half, so the untagged prompt is planted at
+q 1 and guidance has that half to climb. (The pair against the swapped pair at w spans 8w quality steps, as p+
+against p- in the prompt spans about 8, yet the velocity-matched dose is 1.50, not 1: docs/statistics.md, "Doses".)
 The other half keeps its full caption in both inputs and no planted term, so the tags in the prompt still steer
 quality through cross-attention (the text change ``dose.calibrated_w`` calibrates against). If guidance-dose does
 not see a gain on this model at its calibrated dose, the suite is broken.
@@ -56,7 +63,7 @@ POOLING = "max_padded"  # sorryhyun's pooling, which guided.prepare uses at infe
 PROJECTION_FILE = "pooled_text_proj.safetensors"  # inside the model folder: a model that carries its own source
 SHIPPED = REPO_ROOT / "data" / "toyworld" / "positive_control" / "model"  # its projection inside (PROJECTION_FILE)
 _STRIP_STREAM = 424_243  # the half-split draws from its own seed stream, never from a training step's
-PLANTED_MIDDLE, PLANTED_SPAN = 5, 4  # quality 5 + 4w: Eq. 3 at w = +-1 plants the ends of the 1..9 scale
+PLANTED_BASE, PLANTED_SPAN = 1, 4  # quality 1 + 4w: the untagged prompt at q 1, Eq. 3 at w = 1 the middle, w = 2 the top
 
 
 def strip_quality_tags(caption: str, quality: int) -> str:
@@ -80,8 +87,8 @@ def stripped_rows(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def planted_weight(quality) -> np.ndarray:
-    """Eq. 3's weight that carries quality q on a stripped row: ``(q - 5) / 4`` (w = 1: p+'s q 9, w = -1: p-'s q 1)."""
-    return (np.asarray(quality, dtype=np.float64) - PLANTED_MIDDLE) / PLANTED_SPAN
+    """Eq. 3's weight that carries quality q on a stripped row: ``(q - 1) / 4`` (w = 0: q 1, w = 1: q 5, w = 2: q 9)."""
+    return (np.asarray(quality, dtype=np.float64) - PLANTED_BASE) / PLANTED_SPAN
 
 
 @dataclass(frozen=True)

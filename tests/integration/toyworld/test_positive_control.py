@@ -98,10 +98,10 @@ def test_quality_stripping_needs_the_pooled_path_and_the_planted_pair():
         ToyConfig(strip_quality=0.5, pooled_path=True, planted_positive="score_9")
 
 
-@pytest.mark.parametrize("w", [1.0, -0.75])
-def test_eq3_at_w_on_a_stripped_caption_is_the_training_input_of_quality_5_plus_4w(tmp_path, w):
+@pytest.mark.parametrize("w", [1.0, 1.75])
+def test_eq3_at_w_on_a_stripped_caption_is_the_training_input_of_quality_1_plus_4w(tmp_path, w):
     """The known answer, end to end: what guided sampling hands the blocks at weight w (prepare -> modulation_for,
-    the experiment's path) is exactly the planted vector training gave an image of quality 5 + 4w."""
+    the experiment's path) is exactly the planted vector training gave an image of quality 1 + 4w."""
     from anima_probe.guidance.guided import Guidance, modulation_for, prepare
     from anima_probe.guidance.schedules import Schedule
     from anima_probe.model.text import encode_prompts
@@ -117,7 +117,7 @@ def test_eq3_at_w_on_a_stripped_caption_is_the_training_input_of_quality_5_plus_
     with torch.no_grad():  # the training side: one encoding of [caption, p+, p-], pooled as training pools
         tc = encode_prompts(anima, [prompt, *pair])
         pooled = pc.pooled_input(tc.crossattn_emb, tc.t5_mask)  # (3, Dt)
-        weight = torch.tensor([pc.planted_weight(5 + 4 * w).item()])
+        weight = torch.tensor([pc.planted_weight(1 + 4 * w).item()])
         planted = pc.planted_modulation(projection, pooled[:1], weight, pooled[1:], anima.num_blocks)
     assert not torch.allclose(planted.blocks[0], projection(pooled[:1]))  # the planted term is there ...
     torch.testing.assert_close(planted.final, projection(pooled[:1]))  # ... on the blocks; the final layer: the base

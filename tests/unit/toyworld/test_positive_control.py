@@ -45,8 +45,8 @@ def test_exactly_the_chosen_half_and_a_function_of_the_seed():
         stripped_rows(10, 1.5, 0)
 
 
-def test_the_planted_weight_puts_p_plus_and_p_minus_at_the_ends_of_the_scale():
-    assert planted_weight([9, 1, 5, 7]).tolist() == [1.0, -1.0, 0.0, 0.5]
+def test_the_planted_weight_puts_the_untagged_prompt_at_the_bottom_and_w_1_in_the_middle():
+    assert planted_weight([1, 5, 9, 7]).tolist() == [0.0, 1.0, 2.0, 1.5]
 
 
 def test_the_chosen_half_loses_its_tags_from_both_inputs_and_carries_its_quality_as_a_planted_weight():
@@ -61,7 +61,7 @@ def test_the_chosen_half_loses_its_tags_from_both_inputs_and_carries_its_quality
         if mask[i]:
             assert tt.rows[i] >= 60 and not quality & set(text)
             assert text == [t for t in _tags(w.caption) if t not in quality]
-            assert tt.planted[i] == (w.quality - 5) / 4
+            assert tt.planted[i] == (w.quality - 1) / 4
         else:
             assert tt.rows[i] == i and tt.texts[i] == w.caption and tt.planted[i] == 0.0
     assert (tt.rows >= 60).sum() == 30
