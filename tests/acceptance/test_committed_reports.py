@@ -4,6 +4,7 @@ same checks on a GPU machine (skipped where there is no CUDA device)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,18 @@ def test_every_experiment_has_a_measured_toy_baseline_for_its_defaults():
         assert base["model"]["name"] == "anima-toyworld", path
         for key, entry in base["metrics"].items():
             assert entry["tolerance_source"] != DEFAULT_SOURCE, f"{path}: {key} has an unmeasured tolerance"
+
+
+# A replacement field as a notebook writes one: {name}, {name['key']}, {name.attr:.2f}; prose braces hold no such thing
+_FIELD = re.compile(r"\{[A-Za-z_]\w*(?:\[[^\]]*\])*(?:\.\w+)*(?::[^{}\s]*)?\}")
+
+
+def test_committed_reports_print_no_unformatted_field():
+    """A notebook string that lost its f prefix prints its braces (reports/toyworld.md did until stop 22)."""
+    found = [f"{path.relative_to(REPORTS_DIR)}:{i}: {m.group()}" for path in sorted(REPORTS_DIR.rglob("*.md"))
+             for i, line in enumerate(path.read_text().splitlines(), 1) for m in _FIELD.finditer(line)]
+    assert not found, found
+    assert _FIELD.search("It trained {pc_train['steps']:,} steps") and not _FIELD.search("sigma in {0.1, 0.4}")
 
 
 @pytest.fixture(scope="module")
