@@ -7,7 +7,7 @@ draws at 6 / 12 / 20 steps and CFG 1 / 3:
 
 - the shipped toy model (no modulation path): the prompt untagged, with p- and with p+ in front;
 - the positive control (its own pooled path on every row): the same, plus Eq. 3 on the untagged prompt at
-  w = -1 / 0 / +1, which by construction is the training input of quality 1 / 5 / 9 (``positive_control``).
+  w = 0 / 1 / 2, which by construction is the training input of quality 1 / 5 / 9 (``positive_control``).
 
 The ratio per model is the share of the 20-step range (score with p+ in the prompt minus with p-) that the
 experiment's step count renders. Scores are means over the 32 rows; the same noise in every cell.
@@ -34,7 +34,7 @@ COMMAND = ".venv/bin/python benchmarks/quality_headroom.py"
 STEPS = (6, 12, 20)
 CFGS = (1.0, 3.0)
 SHIFT = 3.0
-EQ3_WS = (-1.0, 0.0, 1.0)
+EQ3_WS = (0.0, 1.0, 2.0)
 EXPERIMENT_STEPS = 6  # guidance-dose v5's (experiments/guidance_dose.py)
 
 
@@ -60,7 +60,7 @@ def tagged(anima, projection, prompts: list[str], pair: dict, noise: torch.Tenso
 @torch.no_grad()
 def planted(anima, projection, prompts: list[str], pair: dict, noise: torch.Tensor, steps: int, cfg: float
             ) -> dict[str, float]:
-    """Mean score of Eq. 3 at absolute w on the untagged prompts (the planted quality 5 + 4w)."""
+    """Mean score of Eq. 3 at absolute w on the untagged prompts (the planted quality 1 + 4w)."""
     gp = prepare(anima, projection, prompts, pair["positive"], pair["negative"])
     x = sample_cells(anima, gp, [Cell(Guidance(w), cfg) for w in EQ3_WS], noise, steps=steps, shift=SHIFT)
     images = anima.decode(x.flatten(0, 1)).view(len(EQ3_WS), len(prompts), *x.shape[-3:])
@@ -94,7 +94,7 @@ def main() -> None:
                              spans[EXPERIMENT_STEPS, cfg] / spans[STEPS[-1], cfg]) for cfg in CFGS]
     notes = ["The range p+ minus p- in the prompt is the largest quality change any steering can be expected to show "
              "on these prompts at that step count; guidance-dose's effects and MDEs are read against it.",
-             "Eq. 3 on the positive control at w = -1 / 0 / +1 is, by construction, the training input of quality "
+             "Eq. 3 on the positive control at w = 0 / 1 / 2 is, by construction, the training input of quality "
              "1 / 5 / 9 on a stripped caption."]
     record = rec.BenchmarkRecord("quality-headroom", "How much of the toy quality scale the guidance sampler "
                                  "renders, at its step count and at more", COMMAND,

@@ -17,15 +17,16 @@ model only through its modulation, written as Eq. 3 writes it:
 with the proposal's p+ / p- (``data/manifests/guidance_prompts.json``). Eq. 3 at weight w on an untagged prompt is
 then *the training input of quality 1 + 4w*: w = 0 is quality 1, w = 1 the middle (5), w = 2 the top (9).
 
+The other half keeps its full caption in both inputs and no planted term, so the tags in the prompt still steer
+quality through cross-attention (the text change ``dose.calibrated_w`` calibrates against). If guidance-dose does
+not see a gain on this model at its calibrated dose, the suite is broken.
+
 Why the untagged prompt sits at the bottom (since stop 22). The stop-21 control planted it in the middle (q 5 + 4w),
 and Eq. 3 at w = 1 (its q 9) rendered no better than w = 0: at 6 to 20 Euler steps the toy model draws nothing above
 quality ~5 that the scorer can tell apart (benchmarks/quality_headroom.py), so that control planted no gain in image
 space for the suite to find. The scale rendered at few steps is its lower half, so the untagged prompt is planted at
 q 1 and guidance has that half to climb. (The pair against the swapped pair at w spans 8w quality steps, as p+
 against p- in the prompt spans about 8, yet the velocity-matched dose is 1.50, not 1: docs/statistics.md, "Doses".)
-The other half keeps its full caption in both inputs and no planted term, so the tags in the prompt still steer
-quality through cross-attention (the text change ``dose.calibrated_w`` calibrates against). If guidance-dose does
-not see a gain on this model at its calibrated dose, the suite is broken.
 
 Why this form and not the quality tags in the pooled input alone (the first two controls, measured in
 data/toyworld/README.md): under max pooling, ``P(pool(p+)) - P(pool(p-))`` of the tags alone is not the direction
@@ -63,7 +64,7 @@ POOLING = "max_padded"  # sorryhyun's pooling, which guided.prepare uses at infe
 PROJECTION_FILE = "pooled_text_proj.safetensors"  # inside the model folder: a model that carries its own source
 SHIPPED = REPO_ROOT / "data" / "toyworld" / "positive_control" / "model"  # its projection inside (PROJECTION_FILE)
 _STRIP_STREAM = 424_243  # the half-split draws from its own seed stream, never from a training step's
-PLANTED_BASE, PLANTED_SPAN = 1, 4  # quality 1 + 4w: the untagged prompt at q 1, Eq. 3 at w = 1 the middle, w = 2 the top
+PLANTED_BASE, PLANTED_SPAN = 1, 4  # quality 1 + 4w: untagged at q 1, Eq. 3 at w = 1 the middle, w = 2 the top
 
 
 def strip_quality_tags(caption: str, quality: int) -> str:
